@@ -1,10 +1,17 @@
 // The moe-offload command-line program: one file per command, registered here.
 import { Command } from 'commander';
+import { registerInspectCommand } from './inspect.js';
+import { registerTokenizeCommand } from './tokenize.js';
+import { registerGenerateCommand } from './generate.js';
 
 const program = new Command();
 program
   .name('moe-offload')
   .description('Run Mixture-of-Experts models bigger than fast memory, from GGUF files.')
   .showHelpAfterError();
+
+registerGenerateCommand(program);
+registerTokenizeCommand(program);
+registerInspectCommand(program);
 
 await program.parseAsync(process.argv);

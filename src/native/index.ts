@@ -19,3 +19,6 @@ export function cpuFeatures(): CpuFeatures { throw new Error('not implemented');
 
 /** 'auto' picks the best path the CPU has; 'portable' forces the plain C++ path (tests compare both). */
 export function setKernelPath(_path: 'auto' | 'portable'): void { throw new Error('not implemented'); }
+
+/** Reads every byte of `buf` once (a memory read-bandwidth probe for the benchmark); returns their sum. */
+export function sumBytes(_buf: Uint8Array): number { throw new Error('not implemented'); }
