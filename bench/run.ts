@@ -1,0 +1,191 @@
+// `npm run bench`: one-token, one-thread matmul throughput of our native kernels and of onnxruntime's
+// MatMulNBits, next to the machine's single-thread read bandwidth, with the ratios that say how close
+// the kernels come to the memory ceiling. Table on stdout, progress on stderr, JSON in bench/results/.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { GGMLType, GGML_TYPE_INFO } from '../src/model/ggml-types.js';
+import type { BandwidthResult } from './bandwidth.js';
+import type { KernelResult, MatrixShape } from './kernels.js';
+import type { RepeatOptions } from './stats.js';
+
+const USAGE = 'usage: node dist/bench/run.js [--quick] [--only kernels|ort|bandwidth[,...]]';
+const PARTS = ['bandwidth', 'kernels', 'ort'] as const;
+type Part = (typeof PARTS)[number];
+
+const MiB = 1024 * 1024;
+/** Bandwidth probe buffer: far beyond any last-level cache. */
+const BANDWIDTH_BYTES = 256 * MiB;
+/** Each timed pass reads at least this many weight bytes (several matrix copies) so they come from RAM. */
+const ROTATION_BYTES = 128 * MiB;
+const SHAPES: MatrixShape[] = [{ rows: 2048, cols: 1024 }, { rows: 4096, cols: 14336 }];
+const KERNELS = [GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.F16];
+const TARGET_Q4_0_VS_BANDWIDTH = 0.8;
+const TARGET_Q4_0_VS_ORT = 1.0;
+
+interface Args { quick: boolean; parts: Set<Part> }
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { quick: false, parts: new Set(PARTS) };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--quick') args.quick = true;
+    else if (a === '--only' || a.startsWith('--only=')) {
+      const value = a === '--only' ? argv[++i] : a.slice('--only='.length);
+      const wanted = (value ?? '').split(',').filter(Boolean);
+      const bad = wanted.filter((p) => !(PARTS as readonly string[]).includes(p));
+      if (wanted.length === 0 || bad.length > 0) throw new Error(`--only takes ${PARTS.join(', ')}\n${USAGE}`);
+      args.parts = new Set(wanted as Part[]);
+    } else if (a === '--help' || a === '-h') {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    } else throw new Error(`unknown option ${a}\n${USAGE}`);
+  }
+  return args;
+}
+
+const progress = (msg: string): void => { process.stderr.write(`[bench] ${msg}\n`); };
+const shapeName = (s: MatrixShape): string => `${s.rows}x${s.cols}`;
+const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+
+function unavailable(kernel: string, shape: MatrixShape, note: string): KernelResult {
+  return { kernel, rows: shape.rows, cols: shape.cols, matrixBytes: 0, copies: 0, gbps: null, check: 'skipped', note };
+}
+
+interface Ratio { name: string; shape: string; value: number | null; target?: number }
+
+function ratios(bandwidth: BandwidthResult | null, results: KernelResult[]): Ratio[] {
+  const out: Ratio[] = [];
+  const bw = bandwidth?.gbps.median ?? null;
+  for (const shape of SHAPES) {
+    const name = shapeName(shape);
+    const at = (kernel: string): number | null =>
+      results.find((r) => r.kernel === kernel && r.rows === shape.rows && r.cols === shape.cols)?.gbps?.median ?? null;
+    const div = (a: number | null, b: number | null): number | null => (a !== null && b !== null ? a / b : null);
+    const q4 = at('q4_0');
+    out.push({ name: 'q4_0 / bandwidth', shape: name, value: div(q4, bw), target: TARGET_Q4_0_VS_BANDWIDTH });
+    out.push({ name: 'q4_0 / ort MatMulNBits', shape: name, value: div(q4, at('ort MatMulNBits')), target: TARGET_Q4_0_VS_ORT });
+    for (const r of results) {
+      if (r.rows !== shape.rows || r.cols !== shape.cols || r.kernel === 'q4_0') continue;
+      out.push({ name: `${r.kernel} / bandwidth`, shape: name, value: div(r.gbps?.median ?? null, bw) });
+    }
+  }
+  return out;
+}
+
+function table(bandwidth: BandwidthResult | null, bandwidthNote: string | null, results: KernelResult[],
+  ratioList: Ratio[], options: RepeatOptions): string {
+  const f = (v: number, d = 2): string => v.toFixed(d);
+  const lines: string[] = [];
+  lines.push('moe-offload kernel bench: one token (matrix x vector), 1 thread, GB/s = 1e9 weight bytes / s');
+  lines.push(`matrix RxC = R outputs x C inputs (GGUF rows x values per row); median [min..max] of >= ${options.reps} passes`);
+  lines.push(`each pass reads >= ${ROTATION_BYTES / MiB} MiB of weights (rotating over copies) so they come from RAM`);
+  lines.push('');
+  const bwCell = bandwidth
+    ? `${f(bandwidth.gbps.median)} GB/s [${f(bandwidth.gbps.min)}..${f(bandwidth.gbps.max)}] n=${bandwidth.gbps.samples}`
+    : (bandwidthNote ?? 'not measured');
+  lines.push(`single-thread read bandwidth (sumBytes, ${BANDWIDTH_BYTES / MiB} MiB buffer): ${bwCell}`);
+  lines.push('');
+  const header = ['kernel', 'matrix', 'MiB/copy', 'copies', 'GB/s', 'min', 'max', 'n', 'vs bw', 'check'];
+  const rows: string[][] = [header];
+  for (const r of results) {
+    const mib = r.matrixBytes ? f(r.matrixBytes / MiB) : '';
+    const copies = r.copies ? String(r.copies) : '';
+    if (!r.gbps) {
+      rows.push([r.kernel, `${r.rows}x${r.cols}`, mib, copies, r.note ?? 'n/a', '', '', '', '', '']);
+      continue;
+    }
+    const vsBw = bandwidth ? f(r.gbps.median / bandwidth.gbps.median) : '';
+    rows.push([r.kernel, `${r.rows}x${r.cols}`, mib, copies, f(r.gbps.median), f(r.gbps.min), f(r.gbps.max),
+      String(r.gbps.samples), vsBw, r.check]);
+  }
+  const widths = header.map((_, c) => Math.max(...rows.map((row) => (row[c] ?? '').length)));
+  for (const row of rows) {
+    lines.push(row.map((cell, c) => (c <= 1 || c === row.length - 1 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
+      .join('  ').trimEnd());
+  }
+  lines.push('');
+  lines.push('ratios (median / median, same run):');
+  for (const r of ratioList) {
+    const value = r.value === null ? 'n/a' : f(r.value);
+    const verdict = r.target === undefined || r.value === null ? ''
+      : `  target >= ${f(r.target, 1)}: ${r.value >= r.target ? 'met' : 'NOT met'}`;
+    lines.push(`  ${r.shape.padEnd(10)} ${r.name.padEnd(28)} ${value.padStart(5)}${verdict}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const options: RepeatOptions = args.quick
+    ? { warmup: 1, reps: 5, minSeconds: 0 }
+    : { warmup: 2, reps: 15, minSeconds: 1 };
+
+  let bandwidth: BandwidthResult | null = null;
+  let bandwidthNote: string | null = null;
+  if (args.parts.has('bandwidth')) {
+    progress(`read bandwidth over ${BANDWIDTH_BYTES / MiB} MiB`);
+    try {
+      const { measureReadBandwidth } = await import('./bandwidth.js');
+      bandwidth = await measureReadBandwidth(BANDWIDTH_BYTES, options);
+    } catch (err) {
+      bandwidthNote = /not implemented|cannot find module/i.test(errorText(err)) ? 'n/a (not built)' : `n/a (${errorText(err)})`;
+      progress(`bandwidth: ${bandwidthNote}`);
+    }
+  }
+
+  const results: KernelResult[] = [];
+  if (args.parts.has('kernels')) {
+    let kernels: typeof import('./kernels.js') | null = null;
+    let loadNote = '';
+    try { kernels = await import('./kernels.js'); } catch (err) { loadNote = `n/a (${errorText(err)})`; }
+    for (const shape of SHAPES) {
+      for (const type of KERNELS) {
+        const name = GGML_TYPE_INFO[type]!.name;
+        progress(`native ${name} ${shapeName(shape)}`);
+        results.push(kernels
+          ? await kernels.benchNativeKernel(type, shape, ROTATION_BYTES, options)
+          : unavailable(name, shape, loadNote));
+      }
+    }
+  }
+  let ortVersion: string | null = null;
+  if (args.parts.has('ort')) {
+    for (const shape of SHAPES) {
+      progress(`onnxruntime MatMulNBits ${shapeName(shape)}`);
+      try {
+        const { benchOrtMatMulNBits } = await import('./ort-bench.js');
+        ortVersion ??= (await import('./ort-session.js')).ortVersion;
+        results.push(await benchOrtMatMulNBits(shape, ROTATION_BYTES, options));
+      } catch (err) {
+        results.push(unavailable('ort MatMulNBits', shape, `n/a (${errorText(err)})`));
+      }
+    }
+  }
+
+  const ratioList = ratios(bandwidth, results);
+  process.stdout.write(table(bandwidth, bandwidthNote, results, ratioList, options));
+
+  const stamp = new Date().toISOString();
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${stamp.replace(/:/g, '-')}-kernels.json`);
+  const report = {
+    timestamp: stamp,
+    machine: { cpu: cpus()[0]?.model ?? 'unknown', logicalCpus: cpus().length, node: process.version, onnxruntime: ortVersion },
+    settings: { quick: args.quick, parts: [...args.parts], threads: 1, tokens: 1, repeat: options,
+      bandwidthBufferBytes: BANDWIDTH_BYTES, rotationBytes: ROTATION_BYTES,
+      matrixConvention: 'rows x cols = outputs x inputs', gbps: '1e9 weight bytes per second (ORT counted in Q4_0 bytes)' },
+    bandwidth: bandwidth ?? { note: bandwidthNote },
+    results,
+    ratios: ratioList,
+  };
+  writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  progress(`wrote ${path.relative(process.cwd(), file)}`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench: ${errorText(err)}\n`);
+  process.exitCode = 1;
+});
