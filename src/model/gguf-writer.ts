@@ -53,10 +53,11 @@ class ByteSink {
     this.length += n;
     return at;
   }
-  bytes(b: Uint8Array): void { this.buf.set(b, this.reserve(b.length)); }
-  zeros(n: number): void { this.buf.fill(0, this.reserve(n), this.length); }
-  u32(n: number): void { this.view.setUint32(this.reserve(4), n, true); }
-  u64(n: number | bigint): void { this.view.setBigUint64(this.reserve(8), BigInt(n), true); }
+  // reserve() may replace buf and view, so it always runs before they are read.
+  bytes(b: Uint8Array): void { const at = this.reserve(b.length); this.buf.set(b, at); }
+  zeros(n: number): void { const at = this.reserve(n); this.buf.fill(0, at, this.length); }
+  u32(n: number): void { const at = this.reserve(4); this.view.setUint32(at, n, true); }
+  u64(n: number | bigint): void { const at = this.reserve(8); this.view.setBigUint64(at, BigInt(n), true); }
   string(s: string): void { const b = encoder.encode(s); this.u64(b.length); this.bytes(b); }
 
   scalar(type: GGUFValueType, v: GGUFValue, key: string): void {
@@ -66,22 +67,24 @@ class ByteSink {
         throw new RangeError(`GGUF key ${key}: ${String(v)} does not fit ${GGUFValueType[type]}`);
       }
     }
-    const at = (n: number) => this.reserve(n);
+    const size = SCALAR_SIZE[type];
+    const at = size === undefined ? 0 : this.reserve(size);
+    const view = this.view;
     switch (type) {
-      case GGUFValueType.UINT8: this.view.setUint8(at(1), v as number); break;
-      case GGUFValueType.INT8: this.view.setInt8(at(1), v as number); break;
-      case GGUFValueType.UINT16: this.view.setUint16(at(2), v as number, true); break;
-      case GGUFValueType.INT16: this.view.setInt16(at(2), v as number, true); break;
-      case GGUFValueType.UINT32: this.view.setUint32(at(4), v as number, true); break;
-      case GGUFValueType.INT32: this.view.setInt32(at(4), v as number, true); break;
-      case GGUFValueType.FLOAT32: this.view.setFloat32(at(4), expectNumber(v, key), true); break;
-      case GGUFValueType.FLOAT64: this.view.setFloat64(at(8), expectNumber(v, key), true); break;
+      case GGUFValueType.UINT8: view.setUint8(at, v as number); break;
+      case GGUFValueType.INT8: view.setInt8(at, v as number); break;
+      case GGUFValueType.UINT16: view.setUint16(at, v as number, true); break;
+      case GGUFValueType.INT16: view.setInt16(at, v as number, true); break;
+      case GGUFValueType.UINT32: view.setUint32(at, v as number, true); break;
+      case GGUFValueType.INT32: view.setInt32(at, v as number, true); break;
+      case GGUFValueType.FLOAT32: view.setFloat32(at, expectNumber(v, key), true); break;
+      case GGUFValueType.FLOAT64: view.setFloat64(at, expectNumber(v, key), true); break;
       case GGUFValueType.BOOL:
         if (typeof v !== 'boolean') throw new TypeError(`GGUF key ${key}: expected a boolean, got ${typeof v}`);
-        this.view.setUint8(at(1), v ? 1 : 0);
+        view.setUint8(at, v ? 1 : 0);
         break;
-      case GGUFValueType.UINT64: this.view.setBigUint64(at(8), expectInteger(v, key), true); break;
-      case GGUFValueType.INT64: this.view.setBigInt64(at(8), expectInteger(v, key), true); break;
+      case GGUFValueType.UINT64: view.setBigUint64(at, expectInteger(v, key), true); break;
+      case GGUFValueType.INT64: view.setBigInt64(at, expectInteger(v, key), true); break;
       case GGUFValueType.STRING:
         if (typeof v !== 'string') throw new TypeError(`GGUF key ${key}: expected a string, got ${typeof v}`);
         this.string(v);
