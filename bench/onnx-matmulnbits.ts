@@ -7,7 +7,7 @@
 // Q4_0 (ggml): per 32 values, f16 d then 16 bytes, byte j holding element j (low) and j+16 (high);
 // value = (q - 8) * d. So only the nibble order differs, and scale = d widened to f32.
 import { GGMLType, GGML_TYPE_INFO } from '../src/model/ggml-types.js';
-import { f16ToF32 } from '../src/model/quant/f16.js';
+import { f16ToF32 } from '../src/model/quant/index.js';
 import { ProtoWriter } from './protobuf.js';
 
 const Q4_0_BLOCK = GGML_TYPE_INFO[GGMLType.Q4_0]!.blockSize; // 32 values

@@ -87,22 +87,24 @@ function table(bandwidth: BandwidthResult | null, bandwidthNote: string | null, 
     : (bandwidthNote ?? 'not measured');
   lines.push(`single-thread read bandwidth (sumBytes, ${BANDWIDTH_BYTES / MiB} MiB buffer): ${bwCell}`);
   lines.push('');
-  const header = ['kernel', 'matrix', 'MiB/copy', 'copies', 'GB/s', 'min', 'max', 'n', 'vs bw', 'check'];
+  const header = ['kernel', 'matrix', 'MiB/copy', 'copies', 'GB/s', 'min', 'max', 'n', 'vs bw', 'check / note'];
   const rows: string[][] = [header];
   for (const r of results) {
     const mib = r.matrixBytes ? f(r.matrixBytes / MiB) : '';
     const copies = r.copies ? String(r.copies) : '';
+    const matrix = `${r.rows}x${r.cols}`;
     if (!r.gbps) {
-      rows.push([r.kernel, `${r.rows}x${r.cols}`, mib, copies, r.note ?? 'n/a', '', '', '', '', '']);
+      rows.push([r.kernel, matrix, mib, copies, 'n/a', '', '', '', '', (r.note ?? '').replace(/^n\/a /, '')]);
       continue;
     }
     const vsBw = bandwidth ? f(r.gbps.median / bandwidth.gbps.median) : '';
-    rows.push([r.kernel, `${r.rows}x${r.cols}`, mib, copies, f(r.gbps.median), f(r.gbps.min), f(r.gbps.max),
+    rows.push([r.kernel, matrix, mib, copies, f(r.gbps.median), f(r.gbps.min), f(r.gbps.max),
       String(r.gbps.samples), vsBw, r.check]);
   }
   const widths = header.map((_, c) => Math.max(...rows.map((row) => (row[c] ?? '').length)));
+  const leftAligned = new Set([0, 1, header.length - 1]);
   for (const row of rows) {
-    lines.push(row.map((cell, c) => (c <= 1 || c === row.length - 1 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
+    lines.push(row.map((cell, c) => (leftAligned.has(c) ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
       .join('  ').trimEnd());
   }
   lines.push('');

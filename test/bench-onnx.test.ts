@@ -3,8 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GGMLType } from '../src/model/ggml-types.js';
-import { dequantize } from '../src/model/quant/index.js';
-import { f32ToF16 } from '../src/model/quant/f16.js';
+import { dequantize, f32ToF16 } from '../src/model/quant/index.js';
 import { encodeVarint } from '../bench/protobuf.js';
 import { buildMatMulNBitsModel, q4_0ToMatMulNBits } from '../bench/onnx-matmulnbits.js';
 import { createCpuSession, runMatMulNBits } from '../bench/ort-session.js';
