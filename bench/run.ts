@@ -75,7 +75,7 @@ function ratios(bandwidth: BandwidthResult | null, results: KernelResult[]): Rat
 }
 
 function table(bandwidth: BandwidthResult | null, bandwidthNote: string | null, results: KernelResult[],
-  ratioList: Ratio[], options: RepeatOptions): string {
+  ratioList: Ratio[], options: RepeatOptions, ortOverheadSeconds: number | null): string {
   const f = (v: number, d = 2): string => v.toFixed(d);
   const lines: string[] = [];
   lines.push('moe-offload kernel bench: one token (matrix x vector), 1 thread, GB/s = 1e9 weight bytes / s');
@@ -99,13 +99,16 @@ function table(bandwidth: BandwidthResult | null, bandwidthNote: string | null, 
     }
     const vsBw = bandwidth ? f(r.gbps.median / bandwidth.gbps.median) : '';
     rows.push([r.kernel, matrix, mib, copies, f(r.gbps.median), f(r.gbps.min), f(r.gbps.max),
-      String(r.gbps.samples), vsBw, r.check]);
+      String(r.gbps.samples), vsBw, r.note ? `${r.check} (${r.note})` : r.check]);
   }
   const widths = header.map((_, c) => Math.max(...rows.map((row) => (row[c] ?? '').length)));
   const leftAligned = new Set([0, 1, header.length - 1]);
   for (const row of rows) {
     lines.push(row.map((cell, c) => (leftAligned.has(c) ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
       .join('  ').trimEnd());
+  }
+  if (ortOverheadSeconds !== null) {
+    lines.push(`ort MatMulNBits: GB/s counted in Q4_0 bytes; fixed cost per session.run from Node ${f(ortOverheadSeconds * 1e6, 1)} us (32x32)`);
   }
   lines.push('');
   lines.push('ratios (median / median, same run):');
@@ -153,7 +156,14 @@ async function main(): Promise<void> {
     }
   }
   let ortVersion: string | null = null;
+  let ortOverheadSeconds: number | null = null;
   if (args.parts.has('ort')) {
+    try {
+      progress('onnxruntime per-call overhead (32x32 MatMulNBits)');
+      ortOverheadSeconds = await (await import('./ort-bench.js')).ortCallOverhead(options);
+    } catch (err) {
+      progress(`onnxruntime: ${errorText(err)}`);
+    }
     for (const shape of SHAPES) {
       progress(`onnxruntime MatMulNBits ${shapeName(shape)}`);
       try {
@@ -167,7 +177,7 @@ async function main(): Promise<void> {
   }
 
   const ratioList = ratios(bandwidth, results);
-  process.stdout.write(table(bandwidth, bandwidthNote, results, ratioList, options));
+  process.stdout.write(table(bandwidth, bandwidthNote, results, ratioList, options, ortOverheadSeconds));
 
   const stamp = new Date().toISOString();
   const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results');
@@ -180,6 +190,7 @@ async function main(): Promise<void> {
       bandwidthBufferBytes: BANDWIDTH_BYTES, rotationBytes: ROTATION_BYTES,
       matrixConvention: 'rows x cols = outputs x inputs', gbps: '1e9 weight bytes per second (ORT counted in Q4_0 bytes)' },
     bandwidth: bandwidth ?? { note: bandwidthNote },
+    ortCallOverheadSeconds: ortOverheadSeconds,
     results,
     ratios: ratioList,
   };
