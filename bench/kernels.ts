@@ -50,7 +50,7 @@ function checkRows(type: GGMLType, w: Uint8Array, cols: number, x: Float32Array,
 
 function describe(err: unknown): string {
   const msg = err instanceof Error ? err.message : String(err);
-  return /not implemented|cannot find module|did not self-register|no such file/i.test(msg)
+  return /not implemented|cannot (find module|load the native)|did not self-register|no such file/i.test(msg)
     ? 'n/a (not built)'
     : `n/a (${msg.split('\n')[0]})`;
 }

@@ -135,7 +135,7 @@ async function main(): Promise<void> {
       const { measureReadBandwidth } = await import('./bandwidth.js');
       bandwidth = await measureReadBandwidth(BANDWIDTH_BYTES, options);
     } catch (err) {
-      bandwidthNote = /not implemented|cannot find module/i.test(errorText(err)) ? 'n/a (not built)' : `n/a (${errorText(err)})`;
+      bandwidthNote = /not implemented|cannot (find module|load the native)/i.test(errorText(err)) ? 'n/a (not built)' : `n/a (${errorText(err)})`;
       progress(`bandwidth: ${bandwidthNote}`);
     }
   }
