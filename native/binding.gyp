@@ -3,7 +3,10 @@
     {
       "target_name": "moe_native",
       "sources": [
-        "src/addon.cc"
+        "src/addon.cc",
+        "src/quantize-act.cc",
+        "src/kernels-portable.cc",
+        "src/kernels-avx2.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

@@ -1,13 +1,170 @@
-// N-API entry point. Kernels are registered from their own files.
+// N-API entry point: argument checking, activation conversion, thread split and kernel-path choice.
 #include <napi.h>
 
-static Napi::Value Version(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), 1);
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels.h"
+#include "quantize-act.h"
+
+namespace moe {
+namespace {
+
+// Process-wide: 'portable' forces the plain C++ kernels (tests compare both paths).
+std::atomic<bool> forcePortable{false};
+
+bool useAvx2() {
+  static const bool usable = avx2Usable();
+  return usable && !forcePortable.load(std::memory_order_relaxed);
 }
 
-static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+Napi::Value throwType(Napi::Env env, const std::string& msg) {
+  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+Napi::Value throwRange(Napi::Env env, const std::string& msg) {
+  Napi::RangeError::New(env, msg).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+struct View { void* data; size_t length; size_t byteLength; };
+
+// Typed array of the wanted element type (on ArrayBuffer or SharedArrayBuffer); data includes byteOffset.
+bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, View* out) {
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
+  napi_typedarray_type type;
+  size_t length = 0, byteOffset = 0;
+  void* data = nullptr;
+  napi_value buffer;
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &byteOffset) != napi_ok) return false;
+  if (type != want) return false;
+  const size_t elem = want == napi_float32_array ? 4 : 1;
+  *out = View{data, length, length * elem};
+  return true;
+}
+
+bool intArg(const Napi::Value& v, int64_t lo, int64_t hi, int64_t* out) {
+  if (!v.IsNumber()) return false;
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return false;
+  *out = (int64_t)d;
+  return true;
+}
+
+// Rows are split into contiguous chunks, one per thread; every row is computed by the same code
+// whichever thread runs it, so the result does not depend on the thread count.
+void runRows(RowsKernel kernel, const Job& job, int threads) {
+  if (threads > job.rows) threads = job.rows;
+  if (threads <= 1) {
+    kernel(job, 0, job.rows);
+    return;
+  }
+  const int chunk = (job.rows + threads - 1) / threads;
+  std::vector<std::thread> workers;
+  workers.reserve(threads - 1);
+  for (int r0 = chunk; r0 < job.rows; r0 += chunk) {
+    const int r1 = r0 + chunk < job.rows ? r0 + chunk : job.rows;
+    workers.emplace_back([kernel, &job, r0, r1] { kernel(job, r0, r1); });
+  }
+  kernel(job, 0, chunk < job.rows ? chunk : job.rows);
+  for (auto& t : workers) t.join();
+}
+
+// matmul(type, w: Uint8Array, rows, cols, x: Float32Array, nTokens, out: Float32Array, threads)
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 7) return throwType(env, "matmul: expected (type, w, rows, cols, x, nTokens, out[, threads])");
+  int64_t type, rows, cols, nTokens, threads = 1;
+  if (!intArg(info[0], 0, 1 << 20, &type)) return throwType(env, "matmul: type must be a ggml type id");
+  TypeGeometry g;
+  if (!typeGeometry((int)type, &g)) return throwRange(env, "matmul: no kernel for ggml type " + std::to_string(type));
+  if (!intArg(info[2], 1, INT32_MAX, &rows)) return throwRange(env, "matmul: rows must be a positive integer");
+  if (!intArg(info[3], 1, INT32_MAX, &cols)) return throwRange(env, "matmul: cols must be a positive integer");
+  if (!intArg(info[5], 1, INT32_MAX, &nTokens)) return throwRange(env, "matmul: nTokens must be a positive integer");
+  if (info.Length() > 7 && !info[7].IsUndefined() && !intArg(info[7], 1, 256, &threads)) {
+    return throwRange(env, "matmul: threads must be an integer from 1 to 256");
+  }
+  if (cols % g.blockSize != 0) {
+    return throwRange(env, "matmul: cols " + std::to_string(cols) + " is not a multiple of the block size " +
+                               std::to_string(g.blockSize));
+  }
+  View w, x, out;
+  if (!typedArray(env, info[1], napi_uint8_array, &w)) return throwType(env, "matmul: w must be a Uint8Array");
+  if (!typedArray(env, info[4], napi_float32_array, &x)) return throwType(env, "matmul: x must be a Float32Array");
+  if (!typedArray(env, info[6], napi_float32_array, &out)) return throwType(env, "matmul: out must be a Float32Array");
+  const size_t rowBytes = (size_t)(cols / g.blockSize) * g.typeSize;
+  if (w.byteLength / rowBytes < (size_t)rows) {
+    return throwRange(env, "matmul: w has " + std::to_string(w.byteLength) + " bytes, need " +
+                               std::to_string(rowBytes) + " x " + std::to_string(rows) + " rows");
+  }
+  if (x.length / (size_t)cols < (size_t)nTokens) {
+    return throwRange(env, "matmul: x has " + std::to_string(x.length) + " values, need " + std::to_string(cols) +
+                               " x " + std::to_string(nTokens) + " tokens");
+  }
+  if (out.length / (size_t)rows < (size_t)nTokens) {
+    return throwRange(env, "matmul: out has " + std::to_string(out.length) + " values, need " +
+                               std::to_string(rows) + " x " + std::to_string(nTokens) + " tokens");
+  }
+  RowsKernel kernel = useAvx2() ? avx2Kernel((int)type) : nullptr;
+  if (!kernel) kernel = portableKernel((int)type);
+  ActBuffers act(g.act, (const float*)x.data, (int)nTokens, (int)cols);
+  const Job job{(const uint8_t*)w.data, rowBytes, (int)rows, &act.view(), (float*)out.data};
+  runRows(kernel, job, (int)threads);
+  return env.Undefined();
+}
+
+Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  o.Set("avx2", Napi::Boolean::New(env, __builtin_cpu_supports("avx2")));
+  o.Set("fma", Napi::Boolean::New(env, __builtin_cpu_supports("fma")));
+  o.Set("f16c", Napi::Boolean::New(env, __builtin_cpu_supports("f16c")));
+  o.Set("avx512", Napi::Boolean::New(env, __builtin_cpu_supports("avx512f")));
+#else
+  for (const char* k : {"avx2", "fma", "f16c", "avx512"}) o.Set(k, Napi::Boolean::New(env, false));
+#endif
+  o.Set("kernelPath", Napi::String::New(env, useAvx2() ? "avx2" : "portable"));
+  return o;
+}
+
+Napi::Value SetKernelPath(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string path = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  if (path != "auto" && path != "portable") return throwRange(env, "setKernelPath: expected 'auto' or 'portable'");
+  forcePortable.store(path == "portable");
+  return env.Undefined();
+}
+
+Napi::Value SumBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View buf;
+  if (info.Length() < 1 || !typedArray(env, info[0], napi_uint8_array, &buf)) {
+    return throwType(env, "sumBytes: expected a Uint8Array");
+  }
+  const uint8_t* p = (const uint8_t*)buf.data;
+  return Napi::Number::New(env, useAvx2() ? sumBytesAvx2(p, buf.byteLength) : sumBytesPortable(p, buf.byteLength));
+}
+
+Napi::Value Version(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), 1); }
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
+  exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures));
+  exports.Set("setKernelPath", Napi::Function::New(env, SetKernelPath));
+  exports.Set("sumBytes", Napi::Function::New(env, SumBytes));
   return exports;
 }
 
-NODE_API_MODULE(moe_native, Init)
+}  // namespace
+}  // namespace moe
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return moe::Init(env, exports); }
+
+NODE_API_MODULE(moe_native, InitModule)

@@ -1,24 +1,60 @@
-// CONTRACT STUB (owner: native-kernel helper) — replace the bodies, keep the exported names and shapes.
-// Typed access to the N-API addon in native/ (built by `npm install`).
+// Typed access to the N-API addon in native/ (built by `npm install` / `npm run build:native`).
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import type { GGMLType } from '../model/ggml-types.js';
+import { MoeOffloadError } from '../model/errors.js';
 
 export interface CpuFeatures { avx2: boolean; fma: boolean; f16c: boolean; avx512: boolean }
+
+interface Addon {
+  matmul(type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, nTokens: number,
+    out: Float32Array, threads: number): void;
+  cpuFeatures(): CpuFeatures & { kernelPath: 'avx2' | 'portable' };
+  setKernelPath(path: 'auto' | 'portable'): void;
+  sumBytes(buf: Uint8Array): number;
+}
+
+let addon: Addon | undefined;
+
+/** Loads the addon on first use, so that code paths that never compute do not need it built. */
+function native(): Addon {
+  if (addon) return addon;
+  // dist/src/native/index.js -> native/build/Release/moe_native.node
+  const path = fileURLToPath(new URL('../../../native/build/Release/moe_native.node', import.meta.url));
+  try {
+    addon = createRequire(import.meta.url)(path) as Addon;
+  } catch (err) {
+    throw new MoeOffloadError(`cannot load the native kernels (${path}): ${(err as Error).message}`,
+      'run `npm install` (or `npm run build:native`) in the moe-offload directory to build them');
+  }
+  return addon;
+}
 
 /**
  * out[t * rows + r] = sum_c W[r, c] * x[t * cols + c] for t < nTokens.
  * W: `rows` rows of `cols` values of `type`, rows contiguous (one expert's matrix as stored in GGUF).
+ * Numerics follow ggml's CPU backend: x is first converted to the type's vec-dot type (Q8_0, Q8_1, Q8_K,
+ * F16, BF16 or none), then block-wise integer dot products are scaled and summed in float.
  * Deterministic: the same inputs give bit-identical outputs whatever `threads` is.
- * Buffers may live on SharedArrayBuffer.
+ * Buffers may live on SharedArrayBuffer. Throws TypeError/RangeError on bad arguments or sizes.
  */
-export function matmul(_type: GGMLType, _w: Uint8Array, _rows: number, _cols: number,
-  _x: Float32Array, _nTokens: number, _out: Float32Array, _threads = 1): void {
-  throw new Error('not implemented');
+export function matmul(type: GGMLType, w: Uint8Array, rows: number, cols: number,
+  x: Float32Array, nTokens: number, out: Float32Array, threads = 1): void {
+  native().matmul(type, w, rows, cols, x, nTokens, out, threads);
 }
 
-export function cpuFeatures(): CpuFeatures { throw new Error('not implemented'); }
+export function cpuFeatures(): CpuFeatures {
+  const { avx2, fma, f16c, avx512 } = native().cpuFeatures();
+  return { avx2, fma, f16c, avx512 };
+}
+
+/** Which kernels matmul uses now: 'avx2' (AVX2 + FMA + F16C) or 'portable'. */
+export function kernelPath(): 'avx2' | 'portable' {
+  return native().cpuFeatures().kernelPath;
+}
 
 /** 'auto' picks the best path the CPU has; 'portable' forces the plain C++ path (tests compare both). */
-export function setKernelPath(_path: 'auto' | 'portable'): void { throw new Error('not implemented'); }
+export function setKernelPath(path: 'auto' | 'portable'): void { native().setKernelPath(path); }
 
 /** Reads every byte of `buf` once (a memory read-bandwidth probe for the benchmark); returns their sum. */
-export function sumBytes(_buf: Uint8Array): number { throw new Error('not implemented'); }
+export function sumBytes(buf: Uint8Array): number { return native().sumBytes(buf); }
