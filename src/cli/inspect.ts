@@ -119,6 +119,11 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(2)} ${units[u]} (${n} bytes)`;
 }
 
+/** f32 metadata read back as a double shows its float noise (1e-6 -> 9.99999997e-7); 7 digits is f32's precision. */
+function showValue(v: number | string | boolean): string {
+  return typeof v === 'number' && !Number.isInteger(v) ? String(Number(v.toPrecision(7))) : String(v);
+}
+
 function table(rows: [string, string][]): string {
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => (k === '' ? '' : `${k.padEnd(width)}  ${v}`)).join('\n');
@@ -132,7 +137,7 @@ export function formatSummary(s: ModelSummary): string {
     ['architecture', s.architecture ?? '(none)'],
   ];
   if (s.name) rows.push(['name', s.name]);
-  for (const [k, v] of Object.entries(s.hyperparameters)) rows.push([`  ${k}`, String(v)]);
+  for (const [k, v] of Object.entries(s.hyperparameters)) rows.push([`  ${k}`, showValue(v)]);
   if (s.headDim !== null) rows.push(['  head dim', String(s.headDim)]);
   const tk = s.tokenizer;
   rows.push(['tokenizer', tk.model || tk.vocabSize !== null
