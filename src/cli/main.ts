@@ -8,7 +8,10 @@ const program = new Command();
 program
   .name('moe-offload')
   .description('Run Mixture-of-Experts models bigger than fast memory, from GGUF files.')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Usage mistakes (unknown option, missing required option) exit 2 like every other bad input;
+  // --help and --version still exit 0.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
 
 registerGenerateCommand(program);
 registerTokenizeCommand(program);
