@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels, compiled with per-function target attributes so the addon still loads on
 // any x86-64 CPU (addon.cc only calls them when the CPU has these features). Elsewhere: none.
 #include "kernels.h"
+#include "kquant-scales.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -18,11 +19,342 @@ AVX2_FN inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+
+AVX2_FN inline __m256i sumPairs16(__m256i v) { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
+
+// Signed int8 x int8 dot of 32 pairs into 8 int32 lanes (maddubs needs one unsigned operand: move the
+// sign of a onto b). Exact: |a| <= 128, |b| <= 127.
+AVX2_FN inline __m256i dotI8(__m256i a, __m256i absA, __m256i b) {
+  return sumPairs16(_mm256_maddubs_epi16(absA, _mm256_sign_epi8(b, a)));
+}
+
+AVX2_FN inline float halfToFloat(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+AVX2_FN inline __m256i load256(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+AVX2_FN inline __m128i load128(const void* p) { return _mm_loadu_si128((const __m128i*)p); }
+
+// Kernel structs: K::dot<NT>(row, act, t0, res) computes tokens t0 .. t0+NT-1 of one weight row. Every
+// token has its own accumulators and the same operation sequence whatever NT is, so batching tokens
+// (which shares the weight unpacking) does not change any result bit.
+
+// ---- 32-value blocks with Q8_0 / Q8_1 activations. Two accumulators (even / odd blocks) hide FMA latency.
+
+template <class B>
+struct Blocks32 {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int nb = a.blocks;
+    __m256 acc[2][NT];
+    float extra[NT];
+    for (int k = 0; k < NT; k++) acc[0][k] = acc[1][k] = _mm256_setzero_ps(), extra[k] = 0.0f;
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* blk = w + B::bytes * b;
+      typename B::Unpacked u = B::unpack(blk);
+      const float dw = halfToFloat(blk);
+      for (int k = 0; k < NT; k++) {
+        const size_t ab = (size_t)(t0 + k) * nb + b;
+        const __m256i p = B::dot(u, load256(a.qs + ab * 32));
+        acc[b & 1][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d[ab]), _mm256_cvtepi32_ps(p), acc[b & 1][k]);
+        if (B::hasMin) extra[k] += halfToFloat(blk + 2) * a.s[ab];
+      }
+    }
+    for (int k = 0; k < NT; k++) res[k] = hsum(_mm256_add_ps(acc[0][k], acc[1][k])) + extra[k];
+  }
+};
+
+// Signed quants: keep the value and its absolute value for dotI8.
+struct SignedQ { __m256i q, absQ; };
+
+AVX2_FN inline SignedQ signedQ(__m256i q) { return SignedQ{q, _mm256_sign_epi8(q, q)}; }
+
+// 16 bytes of nibbles -> 32 bytes: low nibbles (values 0..15) then high nibbles (values 16..31).
+AVX2_FN inline __m256i nibbles32(const uint8_t* p) {
+  const __m128i raw = load128(p);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+}
+
+// 32 bits -> 32 bytes, 0x10 where bit k (value k) is set.
+AVX2_FN inline __m256i fifthBits(const uint8_t* p) {
+  uint32_t qh;
+  std::memcpy(&qh, p, 4);
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
+  const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+  return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+struct Q8_0B {
+  static constexpr int bytes = 34;
+  static constexpr bool hasMin = false;
+  using Unpacked = SignedQ;
+  AVX2_FN static Unpacked unpack(const uint8_t* blk) { return signedQ(load256(blk + 2)); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return dotI8(u.q, u.absQ, y); }
+};
+
+struct Q4_0B {
+  static constexpr int bytes = 18;
+  static constexpr bool hasMin = false;
+  using Unpacked = SignedQ;
+  AVX2_FN static Unpacked unpack(const uint8_t* blk) {
+    return signedQ(_mm256_sub_epi8(nibbles32(blk + 2), _mm256_set1_epi8(8)));
+  }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return dotI8(u.q, u.absQ, y); }
+};
+
+struct Q5_0B {
+  static constexpr int bytes = 22;
+  static constexpr bool hasMin = false;
+  using Unpacked = SignedQ;
+  AVX2_FN static Unpacked unpack(const uint8_t* blk) {
+    const __m256i q = _mm256_or_si256(nibbles32(blk + 6), fifthBits(blk + 2));
+    return signedQ(_mm256_sub_epi8(q, _mm256_set1_epi8(16)));
+  }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return dotI8(u.q, u.absQ, y); }
+};
+
+// Unsigned quants with a min (m * s of the Q8_1 block added per block).
+struct Q4_1B {
+  static constexpr int bytes = 20;
+  static constexpr bool hasMin = true;
+  using Unpacked = __m256i;
+  AVX2_FN static Unpacked unpack(const uint8_t* blk) { return nibbles32(blk + 4); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
+};
+
+struct Q5_1B {
+  static constexpr int bytes = 24;
+  static constexpr bool hasMin = true;
+  using Unpacked = __m256i;
+  AVX2_FN static Unpacked unpack(const uint8_t* blk) { return _mm256_or_si256(nibbles32(blk + 8), fifthBits(blk + 4)); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
+};
+
+// ---- float weights (F32 / F16 / BF16): 16 values per step in two accumulators, scalar tail.
+
+struct F32W {
+  AVX2_FN static __m256 w8(const uint8_t* w, int i) { return _mm256_loadu_ps((const float*)w + i); }
+  AVX2_FN static __m256 x8(const Act& a, size_t i) { return _mm256_loadu_ps(a.f32 + i); }
+  AVX2_FN static float w1(const uint8_t* w, int i) { float v; std::memcpy(&v, w + 4 * i, 4); return v; }
+  AVX2_FN static float x1(const Act& a, size_t i) { return a.f32[i]; }
+};
+
+struct F16W {
+  AVX2_FN static __m256 w8(const uint8_t* w, int i) { return _mm256_cvtph_ps(load128(w + 2 * i)); }
+  AVX2_FN static __m256 x8(const Act& a, size_t i) { return _mm256_cvtph_ps(load128(a.h + i)); }
+  AVX2_FN static float w1(const uint8_t* w, int i) { return halfToFloat(w + 2 * i); }
+  AVX2_FN static float x1(const Act& a, size_t i) { return _cvtsh_ss(a.h[i]); }
+};
+
+struct BF16W {
+  AVX2_FN static __m256 widen(__m128i h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  AVX2_FN static float one(uint16_t h) { const uint32_t u = (uint32_t)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
+  AVX2_FN static __m256 w8(const uint8_t* w, int i) { return widen(load128(w + 2 * i)); }
+  AVX2_FN static __m256 x8(const Act& a, size_t i) { return widen(load128(a.h + i)); }
+  AVX2_FN static float w1(const uint8_t* w, int i) { uint16_t h; std::memcpy(&h, w + 2 * i, 2); return one(h); }
+  AVX2_FN static float x1(const Act& a, size_t i) { return one(a.h[i]); }
+};
+
+template <class F>
+struct Floats {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int n = a.cols;
+    __m256 acc0[NT], acc1[NT];
+    for (int k = 0; k < NT; k++) acc0[k] = acc1[k] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m256 wa = F::w8(w, i), wb = F::w8(w, i + 8);
+      for (int k = 0; k < NT; k++) {
+        const size_t x = (size_t)(t0 + k) * n + i;
+        acc0[k] = _mm256_fmadd_ps(wa, F::x8(a, x), acc0[k]);
+        acc1[k] = _mm256_fmadd_ps(wb, F::x8(a, x + 8), acc1[k]);
+      }
+    }
+    for (int k = 0; k < NT; k++) {
+      float sum = hsum(_mm256_add_ps(acc0[k], acc1[k]));
+      for (int j = i; j < n; j++) sum += F::w1(w, j) * F::x1(a, (size_t)(t0 + k) * n + j);
+      res[k] = sum;
+    }
+  }
+};
+
+// ---- K-quants with Q8_K activations: exact int32 lanes per super-block, one FMA per super-block.
+
+struct Q4_K {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int nb = a.blocks;
+    __m256 acc[NT];
+    float mins[NT];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), mins[k] = 0.0f;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* blk = w + 144 * b;
+      int sc[8], m[8];
+      for (int j = 0; j < 8; j++) kScaleMin(j, blk + 4, &sc[j], &m[j]);
+      __m256i sumi[NT];
+      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
+      for (int j = 0; j < 4; j++) {
+        const __m256i raw = load256(blk + 16 + 32 * j);
+        const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        const __m256i s1 = _mm256_set1_epi16((short)sc[2 * j]), s2 = _mm256_set1_epi16((short)sc[2 * j + 1]);
+        for (int k = 0; k < NT; k++) {
+          const int8_t* y = a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 64 * j;
+          const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y)), s1);
+          const __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y + 32)), s2);
+          sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p1, p2));
+        }
+      }
+      const float d = halfToFloat(blk), dmin = halfToFloat(blk + 2);
+      for (int k = 0; k < NT; k++) {
+        const size_t ab = (size_t)(t0 + k) * nb + b;
+        const int16_t* bs = a.bsums + ab * 16;
+        int summ = 0;
+        for (int j = 0; j < 8; j++) summ += m[j] * (bs[2 * j] + bs[2 * j + 1]);
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+        mins[k] += (dmin * a.d[ab]) * (float)summ;
+      }
+    }
+    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]) - mins[k];
+  }
+};
+
+struct Q5_K {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int nb = a.blocks;
+    __m256 acc[NT];
+    float mins[NT];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), mins[k] = 0.0f;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b16 = _mm256_set1_epi8(0x10);
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* blk = w + 176 * b;
+      int sc[8], m[8];
+      for (int j = 0; j < 8; j++) kScaleMin(j, blk + 4, &sc[j], &m[j]);
+      const __m256i qh = load256(blk + 16);
+      __m256i sumi[NT];
+      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
+      for (int j = 0; j < 4; j++) {
+        const __m256i raw = load256(blk + 48 + 32 * j);
+        const __m256i bit1 = _mm256_set1_epi8((char)(1 << (2 * j))), bit2 = _mm256_set1_epi8((char)(2 << (2 * j)));
+        const __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit1), bit1), b16);
+        const __m256i h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit2), bit2), b16);
+        const __m256i lo = _mm256_or_si256(_mm256_and_si256(raw, m4), h1);
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), h2);
+        const __m256i s1 = _mm256_set1_epi16((short)sc[2 * j]), s2 = _mm256_set1_epi16((short)sc[2 * j + 1]);
+        for (int k = 0; k < NT; k++) {
+          const int8_t* y = a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 64 * j;
+          const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y)), s1);
+          const __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y + 32)), s2);
+          sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p1, p2));
+        }
+      }
+      const float d = halfToFloat(blk), dmin = halfToFloat(blk + 2);
+      for (int k = 0; k < NT; k++) {
+        const size_t ab = (size_t)(t0 + k) * nb + b;
+        const int16_t* bs = a.bsums + ab * 16;
+        int summ = 0;
+        for (int j = 0; j < 8; j++) summ += m[j] * (bs[2 * j] + bs[2 * j + 1]);
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+        mins[k] += (dmin * a.d[ab]) * (float)summ;
+      }
+    }
+    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]) - mins[k];
+  }
+};
+
+// Q6_K: 6-bit values 0..63 with offset 32, taken off in int16 (maddubs of 32 * y) before the scales.
+struct Q6_K {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int nb = a.blocks;
+    __m256 acc[NT];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* blk = w + 210 * b;
+      const int8_t* sc = (const int8_t*)(blk + 192);
+      __m256i sumi[NT];
+      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
+      for (int n = 0; n < 2; n++) {
+        const __m256i l0 = load256(blk + 64 * n), l1 = load256(blk + 64 * n + 32);
+        const __m256i h = load256(blk + 128 + 32 * n);
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+        for (int v = 0; v < 4; v++) {
+          const int g = 8 * n + 2 * v;  // the two 16-value groups of this 32-value vector
+          const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+          for (int k = 0; k < NT; k++) {
+            const __m256i y = load256(a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 128 * n + 32 * v);
+            const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[v], y), _mm256_maddubs_epi16(m32, y));
+            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, scales));
+          }
+        }
+      }
+      const float d = halfToFloat(blk + 208);
+      for (int k = 0; k < NT; k++) {
+        const size_t ab = (size_t)(t0 + k) * nb + b;
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+      }
+    }
+    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]);
+  }
+};
+
+// Rows in tiles of 8, tokens in groups of 4 (then singles): a tile's weights stay in cache while each
+// token group's activations are read, and one unpacking of a weight block serves 4 tokens.
+template <class K>
+AVX2_FN void rowsAvx2(const Job& job, int r0, int r1) {
+  const Act& a = *job.act;
+  const int nT = a.nTokens;
+  for (int rt = r0; rt < r1; rt += 8) {
+    const int re = rt + 8 < r1 ? rt + 8 : r1;
+    int t = 0;
+    for (; t + 4 <= nT; t += 4) {
+      for (int r = rt; r < re; r++) {
+        float res[4];
+        K::template dot<4>(job.w + (size_t)r * job.rowBytes, a, t, res);
+        for (int k = 0; k < 4; k++) job.out[(size_t)(t + k) * job.rows + r] = res[k];
+      }
+    }
+    for (; t < nT; t++) {
+      for (int r = rt; r < re; r++) {
+        float res[1];
+        K::template dot<1>(job.w + (size_t)r * job.rowBytes, a, t, res);
+        job.out[(size_t)t * job.rows + r] = res[0];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 RowsKernel avx2Kernel(int type) {
-  (void)type;
-  return nullptr;
+  switch (type) {
+    case T_F32: return rowsAvx2<Floats<F32W>>;
+    case T_F16: return rowsAvx2<Floats<F16W>>;
+    case T_BF16: return rowsAvx2<Floats<BF16W>>;
+    case T_Q8_0: return rowsAvx2<Blocks32<Q8_0B>>;
+    case T_Q4_0: return rowsAvx2<Blocks32<Q4_0B>>;
+    case T_Q4_1: return rowsAvx2<Blocks32<Q4_1B>>;
+    case T_Q5_0: return rowsAvx2<Blocks32<Q5_0B>>;
+    case T_Q5_1: return rowsAvx2<Blocks32<Q5_1B>>;
+    case T_Q4_K: return rowsAvx2<Q4_K>;
+    case T_Q5_K: return rowsAvx2<Q5_K>;
+    case T_Q6_K: return rowsAvx2<Q6_K>;
+    default: return nullptr;  // Q2_K, Q3_K: portable kernels
+  }
 }
 
 bool avx2Usable() {
