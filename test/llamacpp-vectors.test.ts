@@ -1,0 +1,237 @@
+// Compares our block formats, native kernels, tokenizer and forward pass with vectors that llama.cpp
+// produced (test/vectors/README.md says how). A vector file whose fixture changed is skipped with a
+// message, since its numbers no longer describe that file.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { GGMLType } from '../src/model/ggml-types.js';
+import { canDequantize, canQuantize, dequantize, quantize } from '../src/model/quant/index.js';
+import { matmul, setKernelPath } from '../src/native/index.js';
+import { GGUFFile } from '../src/model/gguf.js';
+import { loadTokenizer } from '../src/model/tokenizer/index.js';
+import { loadModel } from '../src/engine/model.js';
+
+// dist/test/<this>.js -> repo root
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const VECTORS = join(ROOT, 'test', 'vectors');
+const FIXTURES = join(ROOT, 'fixtures');
+
+function vectorFiles(sub: string): string[] {
+  const dir = join(VECTORS, sub);
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => join(dir, f));
+}
+
+function readJson<T>(path: string): T {
+  return JSON.parse(readFileSync(path, 'utf8')) as T;
+}
+
+function hexBytes(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+function toHex(b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex');
+}
+
+const sha256Cache = new Map<string, string>();
+function sha256(path: string): string {
+  let h = sha256Cache.get(path);
+  if (h === undefined) {
+    h = createHash('sha256').update(readFileSync(path)).digest('hex');
+    sha256Cache.set(path, h);
+  }
+  return h;
+}
+
+/** The fixture a vector file was made from, or why it cannot be used. */
+function fixtureFor(v: { model: string; sha256: string }): { path: string } | { skip: string } {
+  const path = join(FIXTURES, v.model);
+  if (!existsSync(path)) return { skip: `fixture ${v.model} is missing (run npm run fixtures)` };
+  if (sha256(path) !== v.sha256) {
+    return { skip: `fixture ${v.model} changed since its llama.cpp vectors were made: regenerate them (test/vectors/README.md)` };
+  }
+  return { path };
+}
+
+// ---------------------------------------------------------------- block formats and native kernels
+
+interface QuantVector {
+  type: string;
+  ggml_type: number;
+  n: number;
+  input: number[];
+  bytes_hex: string;
+  dequant: number[];
+  dot_x: number[];
+  vec_dot_type: string;
+  dot: number;
+}
+
+/** Why the native addon cannot run (undefined when it can). */
+function nativeUnavailable(): string | undefined {
+  try {
+    const out = new Float32Array(1);
+    matmul(GGMLType.F32, new Uint8Array(new Float32Array([2]).buffer), 1, 1, new Float32Array([3]), 1, out);
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
+/** Both kernel paths when the addon lets us choose, else whatever it uses. */
+const KERNEL_PATHS: ('portable' | 'auto' | 'default')[] = (() => {
+  try {
+    setKernelPath('auto');
+    return ['portable', 'auto'];
+  } catch {
+    return ['default'];
+  }
+})();
+
+for (const file of vectorFiles('quant')) {
+  const v = readJson<QuantVector>(file);
+  const type = v.ggml_type as GGMLType;
+  const bytes = hexBytes(v.bytes_hex);
+
+  test(`ggml ${v.type}: dequantize gives ggml's floats bit for bit`, (t) => {
+    if (!canDequantize(type)) return t.skip(`${v.type} is not supported by src/model/quant yet`);
+    const ours = dequantize(type, bytes, v.n);
+    const bad: string[] = [];
+    for (let i = 0; i < v.n; i++) {
+      const want = Math.fround(v.dequant[i]!);
+      if (!Object.is(ours[i], want)) bad.push(`[${i}] ${ours[i]} != ${want}`);
+    }
+    assert.equal(bad.length, 0, `${bad.length} of ${v.n} values differ: ${bad.slice(0, 8).join(', ')}`);
+  });
+
+  test(`ggml ${v.type}: quantize gives the bytes of ggml's reference quantizer`, (t) => {
+    if (!canQuantize(type)) return t.skip(`${v.type} quantization is not supported by src/model/quant yet`);
+    const ours = toHex(quantize(type, Float32Array.from(v.input)));
+    if (ours === v.bytes_hex) return;
+    const blockBytes = bytes.length / (v.type.endsWith('_K') ? v.n / 256 : v.type.startsWith('q') ? v.n / 32 : v.n);
+    const firstDiff = [...ours].findIndex((c, i) => c !== v.bytes_hex[i]);
+    const byte = firstDiff >> 1;
+    assert.fail(`${v.type}: bytes differ from byte ${byte} (block ${Math.floor(byte / blockBytes)}, ` +
+      `offset ${byte % blockBytes} in the block): ours ${ours.slice(firstDiff & ~1, (firstDiff & ~1) + 16)}..., ` +
+      `ggml ${v.bytes_hex.slice(firstDiff & ~1, (firstDiff & ~1) + 16)}...`);
+  });
+
+  // ggml's tolerance-free integer dot products differ only in f32 summation order, so 1e-5 of the
+  // sum of |terms| (the scale of rounding error in any summation order) is a tight bound.
+  test(`ggml ${v.type}: native matmul of one row matches ggml's CPU vec_dot`, (t) => {
+    const why = nativeUnavailable();
+    if (why !== undefined) return t.skip(`native matmul unavailable: ${why}`);
+    let absTerms = 0;
+    for (let i = 0; i < v.n; i++) absTerms += Math.abs(v.dequant[i]! * v.dot_x[i]!);
+    const want = Math.fround(v.dot);
+    for (const path of KERNEL_PATHS) {
+      if (path !== 'default') setKernelPath(path);
+      const out = new Float32Array(1);
+      try {
+        matmul(type, bytes, 1, v.n, Float32Array.from(v.dot_x), 1, out);
+      } finally {
+        if (path !== 'default') setKernelPath('auto');
+      }
+      const diff = Math.abs(out[0]! - want);
+      t.diagnostic(`${path}: ours ${out[0]} ggml ${want} (x as ${v.vec_dot_type}) |diff| ${diff.toExponential(3)} ` +
+        `= ${(diff / Math.abs(want)).toExponential(3)} relative`);
+      assert.ok(diff <= 1e-5 * absTerms,
+        `${v.type} (${path} kernels): ours ${out[0]}, ggml ${want}: |diff| ${diff} > 1e-5 * sum|w*x| = ${1e-5 * absTerms}`);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- tokenizer
+
+interface TokenizeVector {
+  model: string;
+  sha256: string;
+  cases: { text: string; add_special: boolean; parse_special: boolean; ids: number[] }[];
+}
+
+for (const file of vectorFiles('tokenize')) {
+  const v = readJson<TokenizeVector>(file);
+  test(`tokenizer on ${v.model} gives llama.cpp's ids (${v.cases.length} cases)`, (t) => {
+    const fx = fixtureFor(v);
+    if ('skip' in fx) return t.skip(fx.skip);
+    const gguf = GGUFFile.open(fx.path);
+    try {
+      const tok = loadTokenizer(gguf);
+      const bad: string[] = [];
+      for (const c of v.cases) {
+        const ids = tok.encode(c.text, { addSpecial: c.add_special, parseSpecial: c.parse_special });
+        if (JSON.stringify(ids) !== JSON.stringify(c.ids)) {
+          bad.push(`${JSON.stringify(c.text)} add_special=${c.add_special} parse_special=${c.parse_special}: ` +
+            `ours [${ids.join(',')}] llama.cpp [${c.ids.join(',')}]`);
+        }
+      }
+      assert.equal(bad.length, 0, `${bad.length} of ${v.cases.length} cases differ:\n${bad.slice(0, 10).join('\n')}`);
+    } finally {
+      gguf.close();
+    }
+  });
+}
+
+// ---------------------------------------------------------------- forward pass
+
+interface LogitsVector {
+  model: string;
+  sha256: string;
+  prompt: string;
+  n_vocab: number;
+  tokens: number[];
+  logits: number[][];
+}
+
+/**
+ * f32 fixtures: only summation order differs from llama.cpp. Quantized fixtures: weights are the same
+ * blocks and activations are quantized the same way, so the remaining differences are f32 rounding
+ * plus the odd activation value that rounds to the other integer level.
+ */
+function tolerance(model: string, maxAbsLogit: number): number {
+  return model.includes('-f32') ? 1e-3 * maxAbsLogit + 1e-4 : 2e-2 * maxAbsLogit;
+}
+
+for (const file of vectorFiles('logits')) {
+  const v = readJson<LogitsVector>(file);
+  test(`forward pass on ${v.model} matches llama.cpp's logits (${v.tokens.length} positions)`, async (t) => {
+    const fx = fixtureFor(v);
+    if ('skip' in fx) return t.skip(fx.skip);
+    const model = await loadModel(fx.path);
+    try {
+      assert.equal(model.vocabSize, v.n_vocab, 'vocabulary size');
+      const logits = await model.newSequence().eval(v.tokens);
+      assert.equal(logits.length, v.tokens.length * v.n_vocab, 'one row of logits per token');
+      let maxAbs = 0;
+      for (const row of v.logits) for (const x of row) maxAbs = Math.max(maxAbs, Math.abs(x));
+      let maxDiff = 0;
+      let where = '';
+      for (let p = 0; p < v.tokens.length; p++) {
+        for (let i = 0; i < v.n_vocab; i++) {
+          const d = Math.abs(logits[p * v.n_vocab + i]! - v.logits[p]![i]!);
+          if (!(d <= maxDiff)) { maxDiff = d; where = `position ${p}, token ${i}`; }
+        }
+      }
+      // the argmax is what generation sees: it must agree wherever llama.cpp's top two are apart
+      for (let p = 0; p < v.tokens.length; p++) {
+        const want = v.logits[p]!;
+        const sorted = [...want].sort((a, b) => b - a);
+        if (sorted[0]! - sorted[1]! <= 2 * tolerance(v.model, maxAbs)) continue;
+        const row = logits.subarray(p * v.n_vocab, (p + 1) * v.n_vocab);
+        assert.equal(row.indexOf(Math.max(...row)), want.indexOf(sorted[0]!), `argmax at position ${p}`);
+      }
+      const tol = tolerance(v.model, maxAbs);
+      t.diagnostic(`max |diff| ${maxDiff.toExponential(3)} at ${where}; max |logit| ${maxAbs.toFixed(4)}; ` +
+        `tolerance ${tol.toExponential(3)}`);
+      assert.ok(maxDiff <= tol, `max |diff| ${maxDiff} at ${where} exceeds ${tol} (max |logit| ${maxAbs})`);
+    } finally {
+      model.close();
+    }
+  });
+}
