@@ -9,6 +9,10 @@ import {
   decodeQ4_0, decodeQ4_1, decodeQ5_0, decodeQ5_1, decodeQ8_0, decodeQ8_1,
   encodeQ4_0, encodeQ4_1, encodeQ5_0, encodeQ5_1, encodeQ8_0, encodeQ8_1,
 } from './legacy.js';
+import {
+  decodeQ2_K, decodeQ3_K, decodeQ4_K, decodeQ5_K, decodeQ6_K, decodeQ8_K,
+  encodeQ2_K, encodeQ3_K, encodeQ4_K, encodeQ5_K, encodeQ6_K, encodeQ8_K,
+} from './kquants.js';
 
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './f16.js';
 
@@ -63,6 +67,12 @@ const CODECS: Partial<Record<number, Codec>> = {
   [GGMLType.Q5_1]: { decode: decodeQ5_1, encode: encodeQ5_1 },
   [GGMLType.Q8_0]: { decode: decodeQ8_0, encode: encodeQ8_0 },
   [GGMLType.Q8_1]: { decode: decodeQ8_1, encode: encodeQ8_1 },
+  [GGMLType.Q2_K]: { decode: decodeQ2_K, encode: encodeQ2_K },
+  [GGMLType.Q3_K]: { decode: decodeQ3_K, encode: encodeQ3_K },
+  [GGMLType.Q4_K]: { decode: decodeQ4_K, encode: encodeQ4_K },
+  [GGMLType.Q5_K]: { decode: decodeQ5_K, encode: encodeQ5_K },
+  [GGMLType.Q6_K]: { decode: decodeQ6_K, encode: encodeQ6_K },
+  [GGMLType.Q8_K]: { decode: decodeQ8_K, encode: encodeQ8_K },
 };
 
 function codecFor(type: number, what: 'dequantize' | 'quantize'): Codec {

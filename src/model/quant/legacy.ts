@@ -9,6 +9,7 @@ const fr = Math.fround;
 const QK = 32;
 
 export type BlockDecoder = (src: Uint8Array, nBlocks: number, out: Float32Array) => void;
+/** Encoders write into a zero-filled `out` (some only OR bits in). */
 export type BlockEncoder = (src: Float32Array, nBlocks: number, out: Uint8Array) => void;
 
 function readF16(b: Uint8Array, o: number): number {
