@@ -3,7 +3,7 @@
 // derived from each format, and the errors callers get for bad input.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { GGMLType, GGML_TYPE_INFO } from '../src/model/ggml-types.js';
 import { UnsupportedError } from '../src/model/errors.js';
 import {
@@ -336,7 +336,232 @@ test('dequantizeRows decodes rows back to back; dequantize fills a given output'
   assert.equal(out[96], 7);
 });
 
+// ---------------------------------------------------------------- 256-value super-blocks, hand-built
+
+/** The 6-bit (scale, min) pairs used below and their 12 packed bytes, worked out by hand from the layout:
+ *  j<4: sc = b[j]&63, m = b[j+4]&63; j>=4: sc = (b[j+4]&15) | (b[j-4]>>6)<<4, m = (b[j+4]>>4) | (b[j]>>6)<<4. */
+const K4_SC = [1, 2, 3, 4, 42, 17, 63, 0];
+const K4_M = [0, 2, 4, 6, 53, 1, 32, 63];
+const K4_BYTES = [0x81, 0x42, 0xc3, 0x04, 0xc0, 0x02, 0x84, 0xc6, 0x5a, 0x11, 0x0f, 0xf0];
+
+test('Q4_K: hand-built block, packed 6-bit scales and mins, nibble halves of each 64 values', () => {
+  const b = new Uint8Array(144);
+  putF16(b, 0, 0x3c00); // d = 1
+  putF16(b, 2, 0x3800); // dmin = 0.5
+  b.set(K4_BYTES, 4);
+  for (let i = 0; i < 128; i++) b[16 + i] = (i & 15) | ((15 - (i & 15)) << 4);
+  const y = dequantize(GGMLType.Q4_K, b, 256);
+  for (let c = 0; c < 4; c++) {
+    for (let l = 0; l < 32; l++) {
+      const lo = 64 * c + l, hi = 64 * c + 32 + l; // low nibbles: first 32 values of the chunk
+      assert.equal(y[lo], K4_SC[2 * c]! * (l & 15) - 0.5 * K4_M[2 * c]!, `value ${lo}`);
+      assert.equal(y[hi], K4_SC[2 * c + 1]! * (15 - (l & 15)) - 0.5 * K4_M[2 * c + 1]!, `value ${hi}`);
+    }
+  }
+  assert.equal(y[128 + 5], 42 * 5 - 26.5); // sub-block 4: scale 42 and min 53 come from the split bits
+  assert.equal(y[255], 0 * 0 - 31.5); // sub-block 7: scale 0, min 63
+});
+
+test('Q5_K: hand-built block, 5th bits from qh (bit 2c for the low half of chunk c, 2c+1 for the high)', () => {
+  const b = new Uint8Array(176);
+  putF16(b, 0, 0x3c00);
+  putF16(b, 2, 0x3800);
+  b.set(K4_BYTES, 4);
+  b[16 + 3] = 0b00000100; // qh[3] bit 2: value 64*1 + 3 = 67 gets +16
+  b[16 + 31] = 0b10000000; // qh[31] bit 7: value 64*3 + 32 + 31 = 255 gets +16
+  b[16 + 0] = 0b00000011; // qh[0] bits 0, 1: values 0 and 32
+  b[48 + 32 + 3] = 0x27; // chunk 1 byte 3: value 67 low nibble 7, value 99 high nibble 2
+  const y = dequantize(GGMLType.Q5_K, b, 256);
+  assert.equal(y[67], 3 * (7 + 16) - 0.5 * 4); // sub-block 2
+  assert.equal(y[99], 4 * 2 - 0.5 * 6); // sub-block 3, no high bit
+  assert.equal(y[255], 0 * 16 - 0.5 * 63);
+  assert.equal(y[0], 1 * 16 - 0);
+  assert.equal(y[32], 2 * 16 - 0.5 * 2);
+  assert.equal(y[1], 0);
+  assert.equal(y[130], 0 - 0.5 * 53);
+});
+
+test('Q6_K: hand-built block, 4+2 bit codes, int8 scales per 16 values, d last', () => {
+  const b = new Uint8Array(210);
+  putF16(b, 208, 0x3800); // d = 0.5
+  for (let s = 0; s < 16; s++) b[192 + s] = (s - 8) & 0xff; // scales -8..7
+  b[0] = 0x21; // value 0 low nibble 1, value 64 low nibble 2
+  b[128] = 0xe4; // qh[0]: value 0 bits 00, value 32 bits 01, value 64 bits 10, value 96 bits 11
+  b[127] = 0xf0; // ql[127] high nibble: value 128 + 96 + 31 = 255
+  b[128 + 63] = 0xc0; // qh[63] bits 6-7: value 255
+  const y = dequantize(GGMLType.Q6_K, b, 256);
+  assert.equal(y[0], 0.5 * -8 * (1 - 32));
+  assert.equal(y[32], 0.5 * -6 * (16 - 32));
+  assert.equal(y[64], 0.5 * -4 * (2 + 32 - 32));
+  assert.equal(y[96], 0.5 * -2 * (48 - 32));
+  assert.equal(y[255], 0.5 * 7 * (63 - 32));
+  for (const v of [1, 16, 100, 128, 200, 254]) assert.equal(y[v], 0.5 * ((v >> 4) - 8) * -32, `value ${v}`);
+});
+
+test('Q3_K: hand-built block, 16 packed 6-bit scales minus 32, hmask bit set = no -4', () => {
+  const b = new Uint8Array(110);
+  putF16(b, 108, 0x3c00); // d = 1
+  // stored scales u = 32 everywhere except u0 = 0, u1 = 63, u5 = 33, u9 = 20, u15 = 47 (hand-packed)
+  b.set([0x00, 0x4f, 0x00, 0x00, 0x00, 0x01, 0x00, 0xf0, 0xa8, 0x9b, 0xaa, 0xaa], 96);
+  const s = new Array(16).fill(0);
+  s[0] = -32; s[1] = 31; s[5] = 1; s[9] = -12; s[15] = 15;
+  b[32 + 0] = 0x03; b[0] = 0x01; // value 0: q 3, high bit set -> 3
+  b[32 + 16] = 0x21; // value 16: bits 0-1 = 1, no high bit -> -3; value 80: bits 4-5 = 2
+  b[16] = 0x04; // hmask[16] bit 2: value 80 -> 2
+  b[32 + 63] = 0xc2; // value 159 (bits 0-1 = 2), value 255 (bits 6-7 = 3)
+  b[31] = 0x90; // hmask[31] bits 4 and 7: values 159 and 255
+  const y = dequantize(GGMLType.Q3_K, b, 256);
+  assert.equal(y[0], -32 * 3);
+  assert.equal(y[16], 31 * -3);
+  assert.equal(y[80], 1 * 2);
+  assert.equal(y[159], -12 * 2);
+  assert.equal(y[255], 15 * 3);
+  for (const v of [1, 17, 81, 150, 254]) assert.equal(y[v], s[v >> 4] * -4, `value ${v}`);
+});
+
+test('Q2_K: hand-built block, scale low nibble / min high nibble, 2-bit codes by 32-value stripes', () => {
+  const b = new Uint8Array(84);
+  for (let j = 0; j < 16; j++) b[j] = j | ((15 - j) << 4);
+  b.fill(0xe4, 16, 80); // every byte: shift 0 -> 0, 2 -> 1, 4 -> 2, 6 -> 3
+  putF16(b, 80, 0x3c00); // d = 1
+  putF16(b, 82, 0x3800); // dmin = 0.5
+  const y = dequantize(GGMLType.Q2_K, b, 256);
+  for (let v = 0; v < 256; v++) {
+    const sub = v >> 4, q = (v >> 5) & 3; // 32-value stripe k of each 128 uses bits 2k..2k+1
+    assert.equal(y[v], sub * q - 0.5 * (15 - sub), `value ${v}`);
+  }
+});
+
+test('Q8_K: f32 scale, int8 codes, bsums = sums of 16 codes', () => {
+  const b = new Uint8Array(292);
+  new DataView(b.buffer).setFloat32(0, 0.25, true);
+  for (let j = 0; j < 256; j++) b[4 + j] = (j - 128) & 0xff;
+  const y = dequantize(GGMLType.Q8_K, b, 256);
+  for (let j = 0; j < 256; j++) assert.equal(y[j], 0.25 * (j - 128));
+  // integers with -127 the largest magnitude: iscale = -127/-127 = 1, codes are the values, d = 1
+  const x = new Float32Array(256);
+  for (let j = 0; j < 256; j++) x[j] = ((j * 37) % 255) - 127;
+  x[5] = -127;
+  const q = quantize(GGMLType.Q8_K, x);
+  const dv = new DataView(q.buffer);
+  assert.equal(dv.getFloat32(0, true), 1);
+  for (let j = 0; j < 256; j++) assert.equal(dv.getInt8(4 + j), x[j]);
+  for (let g = 0; g < 16; g++) {
+    let sum = 0;
+    for (let l = 0; l < 16; l++) sum += x[16 * g + l]!;
+    assert.equal(dv.getInt16(260 + 2 * g, true), sum);
+  }
+});
+
+test('K-quants: an all-zero super-block quantizes to all-zero bytes and back to zeros', () => {
+  for (const type of [GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q8_K]) {
+    const q = quantize(type, new Float32Array(256));
+    assert.equal(q.length, GGML_TYPE_INFO[type]!.typeSize);
+    assert.ok(q.every((v) => v === 0), GGML_TYPE_INFO[type]!.name);
+    assert.ok(dequantize(type, q, 256).every((v) => v === 0));
+  }
+});
+
+// ---------------------------------------------------------------- K-quant round trips: nearest level
+
+/**
+ * The levels each value may take, read from a block by the layout (as in the hand-built tests):
+ * value = step * q - offset for integer q in [qlo, qhi]. ggml's K quantizers finish by re-rounding every
+ * value to the nearest level of its sub-block (sub-blocks whose step is 0 keep the codes of the fit), so
+ * the round-trip error of each value is at most half a step when it lies inside the levels' range and
+ * exactly its distance to the end level when it lies outside: the nearest-level error.
+ */
+function kLevels(type: GGMLType, b: Uint8Array, v: number): { step: number; offset: number; qlo: number; qhi: number } {
+  const sm = (o: number, j: number): [number, number] => j < 4
+    ? [b[o + j]! & 63, b[o + j + 4]! & 63]
+    : [(b[o + j + 4]! & 15) | ((b[o + j - 4]! >> 6) << 4), (b[o + j + 4]! >> 4) | ((b[o + j]! >> 6) << 4)];
+  switch (type) {
+    case GGMLType.Q4_K:
+    case GGMLType.Q5_K: {
+      const [sc, m] = sm(4, v >> 5);
+      return { step: getF16(b, 0) * sc, offset: getF16(b, 2) * m, qlo: 0, qhi: type === GGMLType.Q4_K ? 15 : 31 };
+    }
+    case GGMLType.Q2_K: {
+      const s = b[v >> 4]!;
+      return { step: getF16(b, 80) * (s & 15), offset: getF16(b, 82) * (s >> 4), qlo: 0, qhi: 3 };
+    }
+    case GGMLType.Q3_K: {
+      const j = v >> 4;
+      const u = (j < 8 ? b[96 + j]! & 15 : b[96 + j - 8]! >> 4) | (((b[104 + (j & 3)]! >> (2 * (j >> 2))) & 3) << 4);
+      return { step: getF16(b, 108) * (u - 32), offset: 0, qlo: -4, qhi: 3 };
+    }
+    case GGMLType.Q6_K:
+      return { step: getF16(b, 208) * ((b[192 + (v >> 4)]! << 24) >> 24), offset: 0, qlo: -32, qhi: 31 };
+    default:
+      throw new Error('not a K-quant');
+  }
+}
+
+/** Loose sanity bounds on rms error / rms value: for data spread evenly over a sub-block's range r with
+ *  k levels, rms error ~ (r/(k-1))/sqrt(12) and rms value ~ r/sqrt(12), so ~1/(k-1); about twice that. */
+const K_MAX_REL_RMS: Partial<Record<number, number>> = {
+  [GGMLType.Q2_K]: 0.45, [GGMLType.Q3_K]: 0.25, [GGMLType.Q4_K]: 0.12, [GGMLType.Q5_K]: 0.06, [GGMLType.Q6_K]: 0.03,
+};
+
+for (const type of [GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]) {
+  const name = GGML_TYPE_INFO[type]!.name;
+  test(`${name}: quantize -> dequantize puts every value on its nearest level`, () => {
+    const n = 256 * 6;
+    const x = randomValues(n, 100 + type, 1.5);
+    const bytes = quantize(type, x);
+    const y = dequantize(type, bytes, n);
+    const bs = GGML_TYPE_INFO[type]!.typeSize;
+    let checked = 0;
+    for (let v = 0; v < n; v++) {
+      const blk = bytes.subarray(Math.floor(v / 256) * bs, Math.floor(v / 256 + 1) * bs);
+      const { step, offset, qlo, qhi } = kLevels(type, blk, v % 256);
+      if (step === 0) continue; // codes left from the fit: nothing to check against
+      const lo = Math.min(step * qlo, step * qhi) - offset, hi = Math.max(step * qlo, step * qhi) - offset;
+      const xv = x[v]!;
+      const nearest = xv < lo ? lo - xv : xv > hi ? xv - hi : Math.abs(step) / 2;
+      const err = Math.abs(y[v]! - xv);
+      assert.ok(err <= nearest * (1 + 1e-5) + 1e-6 * Math.abs(xv),
+        `${name} value ${v}: error ${err} > nearest-level bound ${nearest}`);
+      checked++;
+    }
+    assert.ok(checked > n * 0.9, `only ${checked} values had a nonzero step`);
+    // and the fit is useful: rms error well below the rms of the data
+    let e2 = 0, x2 = 0;
+    for (let v = 0; v < n; v++) { e2 += (y[v]! - x[v]!) ** 2; x2 += x[v]! ** 2; }
+    const maxRel = K_MAX_REL_RMS[type]!;
+    assert.ok(Math.sqrt(e2 / x2) < maxRel, `${name}: relative rms error ${Math.sqrt(e2 / x2)}`);
+  });
+}
+
+test('Q8_K: round trip within half a step (d = max|x|/127, no f16 rounding of d)', () => {
+  const x = randomValues(512, 9, 4);
+  const y = dequantize(GGMLType.Q8_K, quantize(GGMLType.Q8_K, x), 512);
+  for (let blk = 0; blk < 2; blk++) {
+    const d = amaxOf(x.subarray(256 * blk, 256 * blk + 256)) / 127;
+    for (let j = 0; j < 256; j++) {
+      const v = 256 * blk + j;
+      assert.ok(Math.abs(y[v]! - x[v]!) <= d / 2 * (1 + 1e-5), `value ${v}`);
+    }
+  }
+});
+
 // ---------------------------------------------------------------- llama.cpp-produced vectors
 
+// test/llamacpp-vectors.test.ts checks every type's reference quantizer and dequantizer against ggml.
+// Here: the activation quantizers (Q8_0, Q8_1, Q8_K) against the bytes ggml's CPU backend made of dot_x.
 const VECTOR_DIR = new URL('../../test/vectors/quant/', import.meta.url);
-void existsSync; void readFileSync; void VECTOR_DIR;
+
+test('Q8_0 / Q8_1 / Q8_K quantize activations to the bytes ggml made (vec_dot_type of each vector)', (t) => {
+  if (!existsSync(VECTOR_DIR)) return t.skip('no test/vectors/quant');
+  let compared = 0;
+  for (const f of readdirSync(VECTOR_DIR).filter((n) => n.endsWith('.json'))) {
+    const v = JSON.parse(readFileSync(new URL(f, VECTOR_DIR), 'utf8')) as {
+      vec_dot_type?: string; vec_dot_ggml_type?: number; dot_x?: number[]; dot_x_bytes_hex?: string;
+    };
+    if (!v.dot_x || !v.dot_x_bytes_hex || !v.vec_dot_type?.startsWith('q8')) continue;
+    const got = Buffer.from(quantize(v.vec_dot_ggml_type as GGMLType, Float32Array.from(v.dot_x))).toString('hex');
+    assert.equal(got, v.dot_x_bytes_hex, `${f}: ${v.vec_dot_type}`);
+    compared++;
+  }
+  assert.ok(compared > 0);
+});
