@@ -43,26 +43,73 @@ AVX2_FN inline __m128i load128(const void* p) { return _mm_loadu_si128((const __
 
 // ---- 32-value blocks with Q8_0 / Q8_1 activations. Two accumulators (even / odd blocks) hide FMA latency.
 
+// Weight scales of 8 consecutive blocks (f16 at a fixed stride) as floats.
+template <int BYTES>
+AVX2_FN inline __m256 scales8(const uint8_t* w) {
+  __m128i h = _mm_cvtsi32_si128(*(const uint16_t*)w);
+  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 1 * BYTES), 1);
+  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 2 * BYTES), 2);
+  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 3 * BYTES), 3);
+  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 4 * BYTES), 4);
+  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 5 * BYTES), 5);
+  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 6 * BYTES), 6);
+  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 7 * BYTES), 7);
+  return _mm256_cvtph_ps(h);
+}
+
 template <class B>
 struct Blocks32 {
+  // Token t's activation arrays, advanced block by block.
+  struct Tok { const int8_t* y; const float* d; const float* s; const int32_t* off; };
+
+  // One block for NT tokens; scale[k] = d_w * d_x (the same float product however it was computed).
+  template <int NT>
+  AVX2_FN static inline void step(const uint8_t* blk, int b, const Tok* tok, const __m256* scale, __m256* acc,
+                                  float* extra) {
+    const typename B::Unpacked u = B::unpack(blk);
+    for (int k = 0; k < NT; k++) {
+      const __m256i p = B::dot(u, load256(tok[k].y + 32 * b), tok[k].off + 8 * b);
+      acc[k] = _mm256_fmadd_ps(scale[k], _mm256_cvtepi32_ps(p), acc[k]);
+      if (B::hasMin) extra[k] += halfToFloat(blk + 2) * tok[k].s[b];
+    }
+  }
+
   template <int NT>
   AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
     const int nb = a.blocks;
-    __m256 acc[2][NT];
+    Tok tok[NT];
+    __m256 acc[4][NT];  // 4 chains (block b goes to b % 4) to cover the FMA latency
     float extra[NT];
-    for (int k = 0; k < NT; k++) acc[0][k] = acc[1][k] = _mm256_setzero_ps(), extra[k] = 0.0f;
-    for (int b = 0; b < nb; b++) {
-      const uint8_t* blk = w + B::bytes * b;
-      typename B::Unpacked u = B::unpack(blk);
-      const float dw = halfToFloat(blk);
-      for (int k = 0; k < NT; k++) {
-        const size_t ab = (size_t)(t0 + k) * nb + b;
-        const __m256i p = B::dot(u, load256(a.qs + ab * 32));
-        acc[b & 1][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d[ab]), _mm256_cvtepi32_ps(p), acc[b & 1][k]);
-        if (B::hasMin) extra[k] += halfToFloat(blk + 2) * a.s[ab];
+    for (int k = 0; k < NT; k++) {
+      const size_t t = (size_t)(t0 + k);
+      tok[k] = Tok{a.qs + t * a.cols, a.d + t * nb, a.s ? a.s + t * nb : nullptr,
+                   a.q4Offset ? a.q4Offset + t * a.cols / 4 : nullptr};
+      for (int c = 0; c < 4; c++) acc[c][k] = _mm256_setzero_ps();
+      extra[k] = 0.0f;
+    }
+    int b = 0;
+    // Groups of 8 blocks: the 8 weight scales are converted and multiplied in one go.
+    // (Lanes are moved by register permutes: a store and 4-byte reloads would stall on store forwarding.)
+    for (; b + 8 <= nb; b += 8) {
+      const uint8_t* group = w + B::bytes * b;
+      const __m256 dw = scales8<B::bytes>(group);
+      __m256 scale8[NT];
+      for (int k = 0; k < NT; k++) scale8[k] = _mm256_mul_ps(dw, _mm256_loadu_ps(tok[k].d + b));
+      for (int i = 0; i < 8; i++) {
+        __m256 scale[NT];
+        for (int k = 0; k < NT; k++) scale[k] = _mm256_permutevar8x32_ps(scale8[k], _mm256_set1_epi32(i));
+        step<NT>(group + B::bytes * i, b + i, tok, scale, acc[i & 3], extra);
       }
     }
-    for (int k = 0; k < NT; k++) res[k] = hsum(_mm256_add_ps(acc[0][k], acc[1][k])) + extra[k];
+    for (; b < nb; b++) {
+      const uint8_t* blk = w + B::bytes * b;
+      __m256 scale[NT];
+      for (int k = 0; k < NT; k++) scale[k] = _mm256_set1_ps(halfToFloat(blk) * tok[k].d[b]);
+      step<NT>(blk, b, tok, scale, acc[b & 3], extra);
+    }
+    for (int k = 0; k < NT; k++) {
+      res[k] = hsum(_mm256_add_ps(_mm256_add_ps(acc[0][k], acc[1][k]), _mm256_add_ps(acc[2][k], acc[3][k]))) + extra[k];
+    }
   }
 };
 
@@ -93,17 +140,22 @@ struct Q8_0B {
   static constexpr bool hasMin = false;
   using Unpacked = SignedQ;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) { return signedQ(load256(blk + 2)); }
-  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return dotI8(u.q, u.absQ, y); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y, const int32_t*) { return dotI8(u.q, u.absQ, y); }
 };
 
+// Q4_0: unsigned nibbles times y, plus the activation's precomputed -8 * sum(y) lanes (exact int32).
 struct Q4_0B {
   static constexpr int bytes = 18;
   static constexpr bool hasMin = false;
-  using Unpacked = SignedQ;
+  using Unpacked = __m256i;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) {
-    return signedQ(_mm256_sub_epi8(nibbles32(blk + 2), _mm256_set1_epi8(8)));
+    // Both 128-bit halves get the 16 bytes; the high half is shifted down by 4 (high nibbles).
+    const __m256i raw = _mm256_broadcastsi128_si256(load128(blk + 2));
+    return _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
   }
-  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return dotI8(u.q, u.absQ, y); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y, const int32_t* offset) {
+    return _mm256_add_epi32(sumPairs16(_mm256_maddubs_epi16(u, y)), load256(offset));
+  }
 };
 
 struct Q5_0B {
@@ -114,7 +166,7 @@ struct Q5_0B {
     const __m256i q = _mm256_or_si256(nibbles32(blk + 6), fifthBits(blk + 2));
     return signedQ(_mm256_sub_epi8(q, _mm256_set1_epi8(16)));
   }
-  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return dotI8(u.q, u.absQ, y); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y, const int32_t*) { return dotI8(u.q, u.absQ, y); }
 };
 
 // Unsigned quants with a min (m * s of the Q8_1 block added per block).
@@ -123,7 +175,7 @@ struct Q4_1B {
   static constexpr bool hasMin = true;
   using Unpacked = __m256i;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) { return nibbles32(blk + 4); }
-  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y, const int32_t*) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
 };
 
 struct Q5_1B {
@@ -131,7 +183,7 @@ struct Q5_1B {
   static constexpr bool hasMin = true;
   using Unpacked = __m256i;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) { return _mm256_or_si256(nibbles32(blk + 8), fifthBits(blk + 4)); }
-  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
+  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y, const int32_t*) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
 };
 
 // ---- float weights (F32 / F16 / BF16): 16 values per step in two accumulators, scalar tail.

@@ -77,7 +77,7 @@ static void quantizeQ8KBlock(const float* x, int8_t* q, float* d, int16_t* bsums
 
 ActBuffers::ActBuffers(ActKind kind, const float* x, int nTokens, int cols) {
   const size_t n = (size_t)nTokens * cols;
-  act_ = Act{nTokens, cols, cols, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  act_ = Act{nTokens, cols, cols, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   switch (kind) {
     case ActKind::F32:
       act_.f32 = x;
@@ -101,6 +101,13 @@ ActBuffers::ActBuffers(ActKind kind, const float* x, int nTokens, int cols) {
       act_.qs = qs_.data();
       act_.d = d_.data();
       act_.s = kind == ActKind::Q8_1 ? s_.data() : nullptr;
+      if (kind == ActKind::Q8_0) {
+        q4Offset_.resize(n / 4);
+        for (size_t i = 0; i < n / 4; i++) {
+          q4Offset_[i] = -8 * (qs_[4 * i] + qs_[4 * i + 1] + qs_[4 * i + 2] + qs_[4 * i + 3]);
+        }
+        act_.q4Offset = q4Offset_.data();
+      }
       break;
     }
     case ActKind::Q8_K: {

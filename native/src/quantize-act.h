@@ -16,6 +16,7 @@ class ActBuffers {
   std::vector<int8_t> qs_;
   std::vector<float> d_, s_;
   std::vector<int16_t> bsums_;
+  std::vector<int32_t> q4Offset_;
   Act act_;
 };
 
