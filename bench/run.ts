@@ -85,7 +85,7 @@ function table(bandwidth: BandwidthResult | null, bandwidthNote: string | null, 
   const bwCell = bandwidth
     ? `${f(bandwidth.gbps.median)} GB/s [${f(bandwidth.gbps.min)}..${f(bandwidth.gbps.max)}] n=${bandwidth.gbps.samples}`
     : (bandwidthNote ?? 'not measured');
-  lines.push(`single-thread read bandwidth (sumBytes, ${BANDWIDTH_BYTES / MiB} MiB buffer): ${bwCell}`);
+  lines.push(`single-thread read bandwidth (sumBytes, ${BANDWIDTH_BYTES / MiB} MiB buffer, before + after): ${bwCell}`);
   lines.push('');
   const header = ['kernel', 'matrix', 'MiB/copy', 'copies', 'GB/s', 'min', 'max', 'n', 'vs bw', 'check / note'];
   const rows: string[][] = [header];
@@ -127,18 +127,22 @@ async function main(): Promise<void> {
     ? { warmup: 1, reps: 5, minSeconds: 0 }
     : { warmup: 2, reps: 15, minSeconds: 1 };
 
-  let bandwidth: BandwidthResult | null = null;
-  let bandwidthNote: string | null = null;
-  if (args.parts.has('bandwidth')) {
-    progress(`read bandwidth over ${BANDWIDTH_BYTES / MiB} MiB`);
+  const bw: { result: BandwidthResult | null; note: string | null } = { result: null, note: null };
+  /** Measured before and after the matmuls and pooled, so drift on a shared machine hits both sides. */
+  const measureBandwidth = async (when: string): Promise<void> => {
+    if (!args.parts.has('bandwidth') || bw.note !== null) return;
+    progress(`read bandwidth over ${BANDWIDTH_BYTES / MiB} MiB (${when})`);
     try {
-      const { measureReadBandwidth } = await import('./bandwidth.js');
-      bandwidth = await measureReadBandwidth(BANDWIDTH_BYTES, options);
+      const { measureReadBandwidth, poolBandwidth } = await import('./bandwidth.js');
+      const m = await measureReadBandwidth(BANDWIDTH_BYTES, options);
+      bw.result = bw.result ? poolBandwidth(bw.result, m) : m;
     } catch (err) {
-      bandwidthNote = /not implemented|cannot (find module|load the native)/i.test(errorText(err)) ? 'n/a (not built)' : `n/a (${errorText(err)})`;
-      progress(`bandwidth: ${bandwidthNote}`);
+      const notBuilt = /not implemented|cannot (find module|load the native)/i.test(errorText(err));
+      bw.note = notBuilt ? 'n/a (not built)' : `n/a (${errorText(err)})`;
+      progress(`bandwidth: ${bw.note}`);
     }
-  }
+  };
+  await measureBandwidth('before');
 
   const results: KernelResult[] = [];
   if (args.parts.has('kernels')) {
@@ -176,6 +180,9 @@ async function main(): Promise<void> {
     }
   }
 
+  await measureBandwidth('after');
+  const bandwidth = bw.result;
+  const bandwidthNote = bw.note;
   const ratioList = ratios(bandwidth, results);
   process.stdout.write(table(bandwidth, bandwidthNote, results, ratioList, options, ortOverheadSeconds));
 
@@ -189,7 +196,7 @@ async function main(): Promise<void> {
     settings: { quick: args.quick, parts: [...args.parts], threads: 1, tokens: 1, repeat: options,
       bandwidthBufferBytes: BANDWIDTH_BYTES, rotationBytes: ROTATION_BYTES,
       matrixConvention: 'rows x cols = outputs x inputs', gbps: '1e9 weight bytes per second (ORT counted in Q4_0 bytes)' },
-    bandwidth: bandwidth ?? { note: bandwidthNote },
+    bandwidth: bandwidth ? { bufferBytes: bandwidth.bufferBytes, gbps: bandwidth.gbps } : { note: bandwidthNote },
     ortCallOverheadSeconds: ortOverheadSeconds,
     results,
     ratios: ratioList,
