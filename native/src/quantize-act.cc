@@ -26,15 +26,27 @@ bool typeGeometry(int type, TypeGeometry* g) {
   }
 }
 
+// roundf (half away from zero) for |v| <= 128, inline: v - trunc(v) is exact in float.
+static inline int roundHalfAway(float v) {
+  int i = (int)v;
+  const float frac = v - (float)i;
+  if (frac >= 0.5f) i++;
+  else if (frac <= -0.5f) i--;
+  return i;
+}
+
 // Q8_0 / Q8_1: d = amax / 127, q = round(x / d) half away from zero; d is stored as f16.
 static void quantizeQ8Block32(const float* x, int8_t* q, float* d, float* s) {
   float amax = 0.0f;
-  for (int i = 0; i < 32; i++) amax = std::fmax(amax, std::fabs(x[i]));
+  for (int i = 0; i < 32; i++) {
+    const float ax = std::fabs(x[i]);
+    amax = amax > ax ? amax : ax;  // ggml MAX(amax, ax)
+  }
   const float dd = amax / 127.0f;
   const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
   int sum = 0;
   for (int i = 0; i < 32; i++) {
-    q[i] = (int8_t)std::roundf(x[i] * id);
+    q[i] = (int8_t)roundHalfAway(x[i] * id);
     sum += q[i];
   }
   *d = fp16ToFloat(floatToFp16(dd));
