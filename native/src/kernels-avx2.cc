@@ -239,68 +239,62 @@ struct Floats {
 
 // ---- K-quants with Q8_K activations: exact int32 lanes per super-block, one FMA per super-block.
 
-struct Q4_K {
-  template <int NT>
-  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
-    const int nb = a.blocks;
-    __m256 acc[NT];
-    float mins[NT];
-    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), mins[k] = 0.0f;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    for (int b = 0; b < nb; b++) {
-      const uint8_t* blk = w + 144 * b;
-      int sc[8], m[8];
-      for (int j = 0; j < 8; j++) kScaleMin(j, blk + 4, &sc[j], &m[j]);
-      __m256i sumi[NT];
-      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
-      for (int j = 0; j < 4; j++) {
-        const __m256i raw = load256(blk + 16 + 32 * j);
-        const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-        const __m256i s1 = _mm256_set1_epi16((short)sc[2 * j]), s2 = _mm256_set1_epi16((short)sc[2 * j + 1]);
-        for (int k = 0; k < NT; k++) {
-          const int8_t* y = a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 64 * j;
-          const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y)), s1);
-          const __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y + 32)), s2);
-          sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p1, p2));
-        }
-      }
-      const float d = halfToFloat(blk), dmin = halfToFloat(blk + 2);
-      for (int k = 0; k < NT; k++) {
-        const size_t ab = (size_t)(t0 + k) * nb + b;
-        const int16_t* bs = a.bsums + ab * 16;
-        int summ = 0;
-        for (int j = 0; j < 8; j++) summ += m[j] * (bs[2 * j] + bs[2 * j + 1]);
-        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
-        mins[k] += (dmin * a.d[ab]) * (float)summ;
-      }
-    }
-    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]) - mins[k];
-  }
-};
+// Q4_K / Q5_K: the 8 six-bit scales (int16 lanes 0-7) and 8 mins (lanes 8-15) of a super-block,
+// unpacked with 32-bit masks (same result as kScaleMin for j = 0..7).
+AVX2_FN inline __m256i kScalesMins(const uint8_t* p) {
+  uint32_t u0, u1, u2;
+  std::memcpy(&u0, p, 4);
+  std::memcpy(&u1, p + 4, 4);
+  std::memcpy(&u2, p + 8, 4);
+  const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+  const uint32_t mins47 = ((u2 >> 4) & low4) | (((u1 >> 6) & low2) << 4);
+  const uint32_t mins03 = u1 & low6;
+  const uint32_t scales47 = (u2 & low4) | (((u0 >> 6) & low2) << 4);
+  const uint32_t scales03 = u0 & low6;
+  return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mins47, (int)mins03, (int)scales47, (int)scales03));
+}
 
-struct Q5_K {
+// int16 lane l of a 128-bit vector (repeated in both halves) broadcast to all 16 lanes.
+AVX2_FN inline __m256i lane16(__m256i both, int l) {
+  return _mm256_shuffle_epi8(both, _mm256_set1_epi16((short)(0x0100 + 0x0202 * l)));
+}
+
+AVX2_FN inline float hsum128(__m128 s) {
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Q4_K (HIGH = false) and Q5_K (HIGH = true, fifth bits in qh[32]).
+template <bool HIGH>
+struct QK45 {
+  static constexpr int bytes = HIGH ? 176 : 144;
+  static constexpr int qsOffset = HIGH ? 48 : 16;
+
   template <int NT>
   AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
     const int nb = a.blocks;
     __m256 acc[NT];
-    float mins[NT];
-    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), mins[k] = 0.0f;
+    __m128 accMin[NT];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), accMin[k] = _mm_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F), b16 = _mm256_set1_epi8(0x10);
     for (int b = 0; b < nb; b++) {
-      const uint8_t* blk = w + 176 * b;
-      int sc[8], m[8];
-      for (int j = 0; j < 8; j++) kScaleMin(j, blk + 4, &sc[j], &m[j]);
-      const __m256i qh = load256(blk + 16);
+      const uint8_t* blk = w + bytes * b;
+      const __m256i sm = kScalesMins(blk + 4);
+      const __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);
+      const __m128i mins = _mm256_extracti128_si256(sm, 1);
+      __m256i qh = HIGH ? load256(blk + 16) : _mm256_setzero_si256();
       __m256i sumi[NT];
       for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
       for (int j = 0; j < 4; j++) {
-        const __m256i raw = load256(blk + 48 + 32 * j);
-        const __m256i bit1 = _mm256_set1_epi8((char)(1 << (2 * j))), bit2 = _mm256_set1_epi8((char)(2 << (2 * j)));
-        const __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit1), bit1), b16);
-        const __m256i h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit2), bit2), b16);
-        const __m256i lo = _mm256_or_si256(_mm256_and_si256(raw, m4), h1);
-        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), h2);
-        const __m256i s1 = _mm256_set1_epi16((short)sc[2 * j]), s2 = _mm256_set1_epi16((short)sc[2 * j + 1]);
+        const __m256i raw = load256(blk + qsOffset + 32 * j);
+        __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        if (HIGH) {  // bits 2j and 2j+1 of qh: shift them to bit 4 and keep it
+          lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(qh, 4), b16));
+          hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(qh, 3), b16));
+          qh = _mm256_srli_epi16(qh, 2);
+        }
+        const __m256i s1 = lane16(scales, 2 * j), s2 = lane16(scales, 2 * j + 1);
         for (int k = 0; k < NT; k++) {
           const int8_t* y = a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 64 * j;
           const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y)), s1);
@@ -311,14 +305,14 @@ struct Q5_K {
       const float d = halfToFloat(blk), dmin = halfToFloat(blk + 2);
       for (int k = 0; k < NT; k++) {
         const size_t ab = (size_t)(t0 + k) * nb + b;
-        const int16_t* bs = a.bsums + ab * 16;
-        int summ = 0;
-        for (int j = 0; j < 8; j++) summ += m[j] * (bs[2 * j] + bs[2 * j + 1]);
+        const __m256i bs = load256(a.bsums + ab * 16);
+        const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128i prod = _mm_madd_epi16(mins, pairs);  // m_j * (bsums[2j] + bsums[2j+1]), exact
         acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
-        mins[k] += (dmin * a.d[ab]) * (float)summ;
+        accMin[k] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d[ab]), _mm_cvtepi32_ps(prod), accMin[k]);
       }
     }
-    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]) - mins[k];
+    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]) - hsum128(accMin[k]);
   }
 };
 
@@ -402,8 +396,8 @@ RowsKernel avx2Kernel(int type) {
     case T_Q4_1: return rowsAvx2<Blocks32<Q4_1B>>;
     case T_Q5_0: return rowsAvx2<Blocks32<Q5_0B>>;
     case T_Q5_1: return rowsAvx2<Blocks32<Q5_1B>>;
-    case T_Q4_K: return rowsAvx2<Q4_K>;
-    case T_Q5_K: return rowsAvx2<Q5_K>;
+    case T_Q4_K: return rowsAvx2<QK45<false>>;
+    case T_Q5_K: return rowsAvx2<QK45<true>>;
     case T_Q6_K: return rowsAvx2<Q6_K>;
     default: return nullptr;  // Q2_K, Q3_K: portable kernels
   }
