@@ -25,6 +25,19 @@ function vectorFiles(sub: string): string[] {
   return readdirSync(dir).filter((f) => f.endsWith('.json')).sort().map((f) => join(dir, f));
 }
 
+/** Runs `fn`, turning a contract stub's 'not implemented' into a skip that says which piece is missing. */
+async function unlessStub<T>(t: { skip(msg: string): void }, piece: string, fn: () => T | Promise<T>): Promise<T | undefined> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof Error && err.message === 'not implemented') {
+      t.skip(`${piece} has not landed yet (contract stub)`);
+      return undefined;
+    }
+    throw err;
+  }
+}
+
 function readJson<T>(path: string): T {
   return JSON.parse(readFileSync(path, 'utf8')) as T;
 }
@@ -157,12 +170,13 @@ interface TokenizeVector {
 
 for (const file of vectorFiles('tokenize')) {
   const v = readJson<TokenizeVector>(file);
-  test(`tokenizer on ${v.model} gives llama.cpp's ids (${v.cases.length} cases)`, (t) => {
+  test(`tokenizer on ${v.model} gives llama.cpp's ids (${v.cases.length} cases)`, async (t) => {
     const fx = fixtureFor(v);
     if ('skip' in fx) return t.skip(fx.skip);
     const gguf = GGUFFile.open(fx.path);
     try {
-      const tok = loadTokenizer(gguf);
+      const tok = await unlessStub(t, 'src/model/tokenizer loadTokenizer', () => loadTokenizer(gguf));
+      if (!tok) return;
       const bad: string[] = [];
       for (const c of v.cases) {
         const ids = tok.encode(c.text, { addSpecial: c.add_special, parseSpecial: c.parse_special });
@@ -203,7 +217,8 @@ for (const file of vectorFiles('logits')) {
   test(`forward pass on ${v.model} matches llama.cpp's logits (${v.tokens.length} positions)`, async (t) => {
     const fx = fixtureFor(v);
     if ('skip' in fx) return t.skip(fx.skip);
-    const model = await loadModel(fx.path);
+    const model = await unlessStub(t, 'src/engine/model loadModel', () => loadModel(fx.path));
+    if (!model) return;
     try {
       assert.equal(model.vocabSize, v.n_vocab, 'vocabulary size');
       const logits = await model.newSequence().eval(v.tokens);
