@@ -1,7 +1,6 @@
 // AVX2 + FMA + F16C kernels, compiled with per-function target attributes so the addon still loads on
 // any x86-64 CPU (addon.cc only calls them when the CPU has these features). Elsewhere: none.
 #include "kernels.h"
-#include "kquant-scales.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -57,6 +56,9 @@ AVX2_FN inline __m256 scales8(const uint8_t* w) {
   return _mm256_cvtph_ps(h);
 }
 
+// Independent accumulators per token (the same for any batch size, so results do not depend on it).
+constexpr int CHAINS = 2;
+
 template <class B>
 struct Blocks32 {
   // Token t's activation arrays, advanced block by block.
@@ -78,13 +80,13 @@ struct Blocks32 {
   AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
     const int nb = a.blocks;
     Tok tok[NT];
-    __m256 acc[4][NT];  // 4 chains (block b goes to b % 4) to cover the FMA latency
+    __m256 acc[CHAINS][NT];  // block b goes to chain b % CHAINS, to cover the FMA latency
     float extra[NT];
     for (int k = 0; k < NT; k++) {
       const size_t t = (size_t)(t0 + k);
       tok[k] = Tok{a.qs + t * a.cols, a.d + t * nb, a.s ? a.s + t * nb : nullptr,
                    a.q4Offset ? a.q4Offset + t * a.cols / 4 : nullptr};
-      for (int c = 0; c < 4; c++) acc[c][k] = _mm256_setzero_ps();
+      for (int c = 0; c < CHAINS; c++) acc[c][k] = _mm256_setzero_ps();
       extra[k] = 0.0f;
     }
     int b = 0;
@@ -98,17 +100,19 @@ struct Blocks32 {
       for (int i = 0; i < 8; i++) {
         __m256 scale[NT];
         for (int k = 0; k < NT; k++) scale[k] = _mm256_permutevar8x32_ps(scale8[k], _mm256_set1_epi32(i));
-        step<NT>(group + B::bytes * i, b + i, tok, scale, acc[i & 3], extra);
+        step<NT>(group + B::bytes * i, b + i, tok, scale, acc[i % CHAINS], extra);
       }
     }
     for (; b < nb; b++) {
       const uint8_t* blk = w + B::bytes * b;
       __m256 scale[NT];
       for (int k = 0; k < NT; k++) scale[k] = _mm256_set1_ps(halfToFloat(blk) * tok[k].d[b]);
-      step<NT>(blk, b, tok, scale, acc[b & 3], extra);
+      step<NT>(blk, b, tok, scale, acc[b % CHAINS], extra);
     }
     for (int k = 0; k < NT; k++) {
-      res[k] = hsum(_mm256_add_ps(_mm256_add_ps(acc[0][k], acc[1][k]), _mm256_add_ps(acc[2][k], acc[3][k]))) + extra[k];
+      __m256 sum = acc[0][k];
+      for (int c = 1; c < CHAINS; c++) sum = _mm256_add_ps(sum, acc[c][k]);
+      res[k] = hsum(sum) + extra[k];
     }
   }
 };
@@ -358,6 +362,99 @@ struct Q6_K {
   }
 };
 
+// Unsigned bytes g and g + 1 of a 16-byte vector (repeated in both halves) as int16 lanes:
+// lanes 0-7 = byte g, lanes 8-15 = byte g + 1 (the scales of two consecutive 16-value groups).
+AVX2_FN inline __m256i pairScales(__m256i bytes, int g) {
+  return _mm256_shuffle_epi8(bytes, _mm256_set_m128i(_mm_set1_epi16((short)(0x8000 | (g + 1))),
+                                                     _mm_set1_epi16((short)(0x8000 | g))));
+}
+
+// Q2_K: 2-bit values, 16 groups with 4-bit scale and 4-bit min; mins x bsums in SIMD.
+struct Q2_K {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int nb = a.blocks;
+    __m256 acc[NT], accMin[NT];
+    for (int k = 0; k < NT; k++) acc[k] = accMin[k] = _mm256_setzero_ps();
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* blk = w + 84 * b;
+      const __m128i sm = load128(blk);
+      const __m128i scales = _mm_and_si128(sm, _mm_set1_epi8(0x0F));
+      const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sm, 4), _mm_set1_epi8(0x0F)));
+      const __m256i scalesBoth = _mm256_broadcastsi128_si256(scales);
+      __m256i sumi[NT];
+      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
+      for (int n = 0; n < 2; n++) {
+        const __m256i q = load256(blk + 16 + 32 * n);
+        for (int j = 0; j < 4; j++) {
+          const __m256i v = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+          const __m256i sc = pairScales(scalesBoth, 8 * n + 2 * j);
+          for (int k = 0; k < NT; k++) {
+            const __m256i y = load256(a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 128 * n + 32 * j);
+            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(_mm256_maddubs_epi16(v, y), sc));
+          }
+        }
+      }
+      const float d = halfToFloat(blk + 80), dmin = halfToFloat(blk + 82);
+      for (int k = 0; k < NT; k++) {
+        const size_t ab = (size_t)(t0 + k) * nb + b;
+        const __m256i prod = _mm256_madd_epi16(mins, load256(a.bsums + ab * 16));
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+        accMin[k] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * a.d[ab]), _mm256_cvtepi32_ps(prod), accMin[k]);
+      }
+    }
+    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]) - hsum(accMin[k]);
+  }
+};
+
+// Q3_K: 2 low bits in qs, the third in hmask (clear bit = value - 4), 16 signed 6-bit scales.
+struct Q3_K {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int nb = a.blocks;
+    __m256 acc[NT];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps();
+    const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4), off32 = _mm256_set1_epi16(32);
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* blk = w + 110 * b;
+      uint32_t u0, u1, u2;
+      std::memcpy(&u0, blk + 96, 4);
+      std::memcpy(&u1, blk + 100, 4);
+      std::memcpy(&u2, blk + 104, 4);
+      const uint32_t low4 = 0x0f0f0f0f, low2 = 0x03030303;
+      const __m128i sc = _mm_set_epi32((int)(((u1 >> 4) & low4) | (((u2 >> 6) & low2) << 4)),
+                                       (int)(((u0 >> 4) & low4) | (((u2 >> 4) & low2) << 4)),
+                                       (int)((u1 & low4) | (((u2 >> 2) & low2) << 4)),
+                                       (int)((u0 & low4) | ((u2 & low2) << 4)));
+      const __m256i scalesBoth = _mm256_broadcastsi128_si256(sc);  // scale + 32, as unsigned bytes
+      const __m256i hm = load256(blk);
+      __m256i sumi[NT];
+      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
+      for (int n = 0; n < 2; n++) {
+        const __m256i q = load256(blk + 32 + 32 * n);
+        for (int j = 0; j < 4; j++) {
+          const __m256i v = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+          const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * n + j)));
+          const __m256i minus4 = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+          const __m256i scale = _mm256_sub_epi16(pairScales(scalesBoth, 8 * n + 2 * j), off32);
+          for (int k = 0; k < NT; k++) {
+            const __m256i y = load256(a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 128 * n + 32 * j);
+            const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v, y), _mm256_maddubs_epi16(minus4, y));
+            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, scale));
+          }
+        }
+      }
+      const float d = halfToFloat(blk + 108);
+      for (int k = 0; k < NT; k++) {
+        const size_t ab = (size_t)(t0 + k) * nb + b;
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+      }
+    }
+    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]);
+  }
+};
+
 // Rows in tiles of 8, tokens in groups of 4 (then singles): a tile's weights stay in cache while each
 // token group's activations are read, and one unpacking of a weight block serves 4 tokens.
 template <class K>
@@ -399,7 +496,9 @@ RowsKernel avx2Kernel(int type) {
     case T_Q4_K: return rowsAvx2<QK45<false>>;
     case T_Q5_K: return rowsAvx2<QK45<true>>;
     case T_Q6_K: return rowsAvx2<Q6_K>;
-    default: return nullptr;  // Q2_K, Q3_K: portable kernels
+    case T_Q2_K: return rowsAvx2<Q2_K>;
+    case T_Q3_K: return rowsAvx2<Q3_K>;
+    default: return nullptr;
   }
 }
 
