@@ -221,6 +221,8 @@ for (const file of vectorFiles('logits')) {
     if (!model) return;
     try {
       assert.equal(model.vocabSize, v.n_vocab, 'vocabulary size');
+      const promptIds = await unlessStub(t, 'tokenizer', () => model.tokenizer.encode(v.prompt));
+      if (promptIds) assert.deepEqual(promptIds, v.tokens, `our tokenizer on the prompt ${JSON.stringify(v.prompt)}`);
       const logits = await model.newSequence().eval(v.tokens);
       assert.equal(logits.length, v.tokens.length * v.n_vocab, 'one row of logits per token');
       let maxAbs = 0;
