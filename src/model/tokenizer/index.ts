@@ -157,6 +157,16 @@ export class GGUFTokenizer implements Tokenizer {
   }
 
   /**
+   * One token as text: its bytes decoded on their own (a partial UTF-8 character shows as U+FFFD);
+   * with `special`, control and unknown tokens show their vocabulary text instead of nothing.
+   */
+  piece(id: number, special = false): string {
+    const t = this.tokenType(id);
+    if (special && (t === TokenType.CONTROL || t === TokenType.UNKNOWN)) return this.vocab.tokens[id]!;
+    return new TextDecoder().decode(this.pieceBytes(id));
+  }
+
+  /**
    * Text of the ids. With add_space_prefix, the space that encoding put in front of the text is
    * dropped from the first piece that renders anything (llama.cpp's detokenize drops it only from the
    * very first token, so a leading BOS keeps it there; here decode(encode(x)) gives x back).
