@@ -68,7 +68,11 @@ void runRows(RowsKernel kernel, const Job& job, int threads) {
   workers.reserve(threads - 1);
   for (int r0 = chunk; r0 < job.rows; r0 += chunk) {
     const int r1 = r0 + chunk < job.rows ? r0 + chunk : job.rows;
-    workers.emplace_back([kernel, &job, r0, r1] { kernel(job, r0, r1); });
+    try {
+      workers.emplace_back([kernel, &job, r0, r1] { kernel(job, r0, r1); });
+    } catch (...) {  // no thread to be had: compute the chunk here (same code, same result)
+      kernel(job, r0, r1);
+    }
   }
   kernel(job, 0, chunk < job.rows ? chunk : job.rows);
   for (auto& t : workers) t.join();

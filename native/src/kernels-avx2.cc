@@ -56,64 +56,55 @@ AVX2_FN inline __m256 scales8(const uint8_t* w) {
   return _mm256_cvtph_ps(h);
 }
 
-// Independent accumulators per token (the same for any batch size, so results do not depend on it).
-constexpr int CHAINS = 2;
+// 8 blocks' int32x8 partial sums -> one int32x8 of the 8 block totals, in block order.
+AVX2_FN inline __m256i blockTotals(const __m256i* p) {
+  const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+  const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+  const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+  // h0123 = [b0..b3 low-half sums | b0..b3 high-half sums]; likewise h4567 for b4..b7.
+  return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                          _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
 
+// Blocks of 32 values with Q8_0 / Q8_1 activations, one token at a time (a row's weights stay in L1 for
+// the next token). Per group of 8 blocks the exact integer block sums are gathered into one vector and
+// scaled by the 8 products d_w * d_x with one FMA; the min terms of Q4_1/Q5_1 (m * s) likewise.
 template <class B>
 struct Blocks32 {
-  // Token t's activation arrays, advanced block by block.
-  struct Tok { const int8_t* y; const float* d; const float* s; const int32_t* off; };
-
-  // One block for NT tokens; scale[k] = d_w * d_x (the same float product however it was computed).
-  template <int NT>
-  AVX2_FN static inline void step(const uint8_t* blk, int b, const Tok* tok, const __m256* scale, __m256* acc,
-                                  float* extra) {
-    const typename B::Unpacked u = B::unpack(blk);
-    for (int k = 0; k < NT; k++) {
-      const __m256i p = B::dot(u, load256(tok[k].y + 32 * b), tok[k].off + 8 * b);
-      acc[k] = _mm256_fmadd_ps(scale[k], _mm256_cvtepi32_ps(p), acc[k]);
-      if (B::hasMin) extra[k] += halfToFloat(blk + 2) * tok[k].s[b];
-    }
-  }
-
   template <int NT>
   AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    for (int k = 0; k < NT; k++) res[k] = dotOne(w, a, (size_t)(t0 + k));
+  }
+
+  AVX2_FN static float dotOne(const uint8_t* w, const Act& a, size_t t) {
     const int nb = a.blocks;
-    Tok tok[NT];
-    __m256 acc[CHAINS][NT];  // block b goes to chain b % CHAINS, to cover the FMA latency
-    float extra[NT];
-    for (int k = 0; k < NT; k++) {
-      const size_t t = (size_t)(t0 + k);
-      tok[k] = Tok{a.qs + t * a.cols, a.d + t * nb, a.s ? a.s + t * nb : nullptr,
-                   a.q4Offset ? a.q4Offset + t * a.cols / 4 : nullptr};
-      for (int c = 0; c < CHAINS; c++) acc[c][k] = _mm256_setzero_ps();
-      extra[k] = 0.0f;
-    }
+    const int8_t* y = a.qs + t * a.cols;
+    const float* yd = a.d + t * nb;
+    const float* ys = a.s ? a.s + t * nb : nullptr;
+    const int32_t* off = a.q4Offset ? a.q4Offset + t * a.cols / 4 : nullptr;
+    __m256 acc = _mm256_setzero_ps(), accMin = _mm256_setzero_ps();
     int b = 0;
-    // Groups of 8 blocks: the 8 weight scales are converted and multiplied in one go.
-    // (Lanes are moved by register permutes: a store and 4-byte reloads would stall on store forwarding.)
     for (; b + 8 <= nb; b += 8) {
       const uint8_t* group = w + B::bytes * b;
-      const __m256 dw = scales8<B::bytes>(group);
-      __m256 scale8[NT];
-      for (int k = 0; k < NT; k++) scale8[k] = _mm256_mul_ps(dw, _mm256_loadu_ps(tok[k].d + b));
+      __m256i p[8];
       for (int i = 0; i < 8; i++) {
-        __m256 scale[NT];
-        for (int k = 0; k < NT; k++) scale[k] = _mm256_permutevar8x32_ps(scale8[k], _mm256_set1_epi32(i));
-        step<NT>(group + B::bytes * i, b + i, tok, scale, acc[i % CHAINS], extra);
+        p[i] = B::dot(B::unpack(group + B::bytes * i), load256(y + 32 * (b + i)), off ? off + 8 * (b + i) : nullptr);
       }
+      const __m256 scale = _mm256_mul_ps(scales8<B::bytes>(group), _mm256_loadu_ps(yd + b));
+      acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(blockTotals(p)), acc);
+      if (B::hasMin) accMin = _mm256_fmadd_ps(scales8<B::bytes>(group + 2), _mm256_loadu_ps(ys + b), accMin);
     }
+    float tail = 0.0f;
     for (; b < nb; b++) {
       const uint8_t* blk = w + B::bytes * b;
-      __m256 scale[NT];
-      for (int k = 0; k < NT; k++) scale[k] = _mm256_set1_ps(halfToFloat(blk) * tok[k].d[b]);
-      step<NT>(blk, b, tok, scale, acc[b % CHAINS], extra);
+      const __m256i p = B::dot(B::unpack(blk), load256(y + 32 * b), off ? off + 8 * b : nullptr);
+      const __m128i p4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+      const __m128i p2 = _mm_add_epi32(p4, _mm_unpackhi_epi64(p4, p4));
+      const int sumi = _mm_cvtsi128_si32(_mm_add_epi32(p2, _mm_shuffle_epi32(p2, 1)));
+      tail += (float)sumi * (halfToFloat(blk) * yd[b]);
+      if (B::hasMin) tail += halfToFloat(blk + 2) * ys[b];
     }
-    for (int k = 0; k < NT; k++) {
-      __m256 sum = acc[0][k];
-      for (int c = 1; c < CHAINS; c++) sum = _mm256_add_ps(sum, acc[c][k]);
-      res[k] = hsum(sum) + extra[k];
-    }
+    return hsum(_mm256_add_ps(acc, accMin)) + tail;
   }
 };
 
