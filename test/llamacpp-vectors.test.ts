@@ -78,6 +78,8 @@ interface QuantVector {
   type: string;
   ggml_type: number;
   n: number;
+  /** 'random' (scaled noise) or 'edge' (constant blocks, ties, tiny and huge scales). */
+  input_kind?: string;
   input: number[];
   bytes_hex: string;
   dequant: number[];
@@ -109,10 +111,11 @@ const KERNEL_PATHS: ('portable' | 'auto' | 'default')[] = (() => {
 
 for (const file of vectorFiles('quant')) {
   const v = readJson<QuantVector>(file);
+  const label = `${v.type}${v.input_kind === 'edge' ? ' (edge cases)' : ''}`;
   const type = v.ggml_type as GGMLType;
   const bytes = hexBytes(v.bytes_hex);
 
-  test(`ggml ${v.type}: dequantize gives ggml's floats bit for bit`, (t) => {
+  test(`ggml ${label}: dequantize gives ggml's floats bit for bit`, (t) => {
     if (!canDequantize(type)) return t.skip(`${v.type} is not supported by src/model/quant yet`);
     const ours = dequantize(type, bytes, v.n);
     const bad: string[] = [];
@@ -123,7 +126,7 @@ for (const file of vectorFiles('quant')) {
     assert.equal(bad.length, 0, `${bad.length} of ${v.n} values differ: ${bad.slice(0, 8).join(', ')}`);
   });
 
-  test(`ggml ${v.type}: quantize gives the bytes of ggml's reference quantizer`, (t) => {
+  test(`ggml ${label}: quantize gives the bytes of ggml's reference quantizer`, (t) => {
     if (!canQuantize(type)) return t.skip(`${v.type} quantization is not supported by src/model/quant yet`);
     const ours = toHex(quantize(type, Float32Array.from(v.input)));
     if (ours === v.bytes_hex) return;
@@ -137,7 +140,7 @@ for (const file of vectorFiles('quant')) {
 
   // ggml's tolerance-free integer dot products differ only in f32 summation order, so 1e-5 of the
   // sum of |terms| (the scale of rounding error in any summation order) is a tight bound.
-  test(`ggml ${v.type}: native matmul of one row matches ggml's CPU vec_dot`, (t) => {
+  test(`ggml ${label}: native matmul of one row matches ggml's CPU vec_dot`, (t) => {
     const why = nativeUnavailable();
     if (why !== undefined) return t.skip(`native matmul unavailable: ${why}`);
     let absTerms = 0;
