@@ -1,5 +1,6 @@
 // Native matmul kernels: hand-computed products, agreement with the TypeScript block-format reference,
 // portable vs AVX2 paths, thread-count and batch independence, and argument checking.
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GGMLType, GGML_TYPE_INFO, typeName } from '../src/model/ggml-types.js';
@@ -261,6 +262,36 @@ for (const type of TYPES) {
     if (haveRef) t.diagnostic(`worst |native - ref| / sum|w x| = ${worstRef.toExponential(2)}`);
   });
 }
+
+// llama.cpp-produced vectors (see test/vectors/README.md): one 512-value row per type, its ggml bytes, an
+// activation row and ggml's CPU vec_dot of the two (AVX2 build). Our result may differ only by float
+// summation order: |diff| <= 1e-6 * sum |w_i x_i| (w dequantized by llama.cpp) + 1e-6.
+const VECTORS = new URL('../../test/vectors/quant/', import.meta.url);
+test('matches llama.cpp vec_dot on its vectors', (t) => {
+  if (!existsSync(VECTORS)) {
+    t.skip('test/vectors/quant not present');
+    return;
+  }
+  let checked = 0;
+  for (const file of readdirSync(VECTORS).filter((f) => f.endsWith('.json')).sort()) {
+    const v = JSON.parse(readFileSync(new URL(file, VECTORS), 'utf8')) as {
+      ggml_type: GGMLType; n: number; bytes_hex: string; dequant: number[]; dot_x?: number[]; dot?: number;
+    };
+    if (v.dot_x === undefined || v.dot === undefined) continue;
+    const w = new Uint8Array(Buffer.from(v.bytes_hex, 'hex'));
+    const x = Float32Array.from(v.dot_x);
+    let size = 0;
+    for (let i = 0; i < v.n; i++) size += Math.abs(v.dequant[i]! * x[i]!);
+    for (const path of ['portable', 'auto'] as const) {
+      setKernelPath(path);
+      const got = run(v.ggml_type, w, 1, v.n, x, 1)[0]!;
+      assert.ok(Math.abs(got - v.dot) <= 1e-6 * size + 1e-6, `${file} ${path}: ${got} vs llama.cpp ${v.dot}`);
+    }
+    checked++;
+  }
+  setKernelPath('auto');
+  t.diagnostic(`${checked} vectors checked`);
+});
 
 test('buffers on SharedArrayBuffer and at byte offsets', () => {
   const rand = rng(5);
