@@ -16,16 +16,16 @@ const utf8 = new TextEncoder();
 
 export function specialTokens(v: Vocabulary): SpecialTokens {
   const ids: number[] = [];
-  const bytes: number[] = [];
+  const bytes = new Map<number, number>();
   for (let i = 0; i < v.tokens.length; i++) {
     const t = v.types[i];
     if ((t === TokenType.CONTROL || t === TokenType.USER_DEFINED || t === TokenType.UNKNOWN) && v.tokens[i]!.length > 0) {
       ids.push(i);
+      bytes.set(i, utf8.encode(v.tokens[i]!).length);
     }
-    bytes[i] = 0;
   }
-  for (const i of ids) bytes[i] = utf8.encode(v.tokens[i]!).length;
-  ids.sort((a, b) => bytes[b]! - bytes[a]! || a - b);
+  // llama.cpp sorts by byte length with an unstable sort; equal lengths keep id order here.
+  ids.sort((a, b) => bytes.get(b)! - bytes.get(a)! || a - b);
   return { ordered: ids };
 }
 
