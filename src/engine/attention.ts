@@ -1,0 +1,54 @@
+// Causal multi-head attention with grouped-query heads over the KV cache.
+
+export interface AttentionShape {
+  nHead: number;
+  nHeadKv: number;
+  headDim: number;
+}
+
+/**
+ * q: nTokens rows of nHead*headDim (already normed and roped); the tokens sit at positions
+ * start..start+nTokens-1. keys/values: [pos][nHeadKv][headDim] for positions 0..start+nTokens-1.
+ * Token t attends to positions 0..start+t (causal). Query head h reads kv head floor(h / (nHead/nHeadKv)).
+ * Scores are scaled by 1/sqrt(headDim) and softmaxed in double. Writes nTokens rows of nHead*headDim to out.
+ */
+export function causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
+  nTokens: number, s: AttentionShape, out: Float32Array): Float32Array {
+  const { nHead, nHeadKv, headDim } = s;
+  const group = nHead / nHeadKv;
+  const qRow = nHead * headDim;
+  const kvRow = nHeadKv * headDim;
+  const scale = 1 / Math.sqrt(headDim);
+  const scores = new Float64Array(start + nTokens);
+  const acc = new Float64Array(headDim);
+  for (let t = 0; t < nTokens; t++) {
+    const last = start + t; // inclusive
+    for (let h = 0; h < nHead; h++) {
+      const qOff = t * qRow + h * headDim;
+      const kvHead = Math.floor(h / group);
+      let max = -Infinity;
+      for (let p = 0; p <= last; p++) {
+        const kOff = p * kvRow + kvHead * headDim;
+        let dot = 0;
+        for (let i = 0; i < headDim; i++) dot += q[qOff + i]! * keys[kOff + i]!;
+        const sc = dot * scale;
+        scores[p] = sc;
+        if (sc > max) max = sc;
+      }
+      let sum = 0;
+      for (let p = 0; p <= last; p++) {
+        const e = Math.exp(scores[p]! - max);
+        scores[p] = e;
+        sum += e;
+      }
+      acc.fill(0);
+      for (let p = 0; p <= last; p++) {
+        const w = scores[p]! / sum;
+        const vOff = p * kvRow + kvHead * headDim;
+        for (let i = 0; i < headDim; i++) acc[i]! += w * values[vOff + i]!;
+      }
+      for (let i = 0; i < headDim; i++) out[qOff + i] = acc[i]!;
+    }
+  }
+  return out;
+}

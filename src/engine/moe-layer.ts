@@ -1,0 +1,100 @@
+// The mixture-of-experts FFN of one layer for a batch of tokens: route every token, group the tokens
+// by expert, run each chosen expert ONCE on all of its tokens (one native matmul per matrix), then
+// combine each token's k expert outputs in its own selection order, as llama.cpp sums them.
+import { route, type Route } from './router.js';
+import type { Weight } from './weights.js';
+import type { ExpertMatrix } from '../experts/locator.js';
+
+/** Where expert matrices come from. May read them from disk on demand, hence possibly async. */
+export interface ExpertWeights {
+  matrix(layer: number, expert: number, which: ExpertMatrix): Weight | Promise<Weight>;
+}
+
+export interface SharedExpert {
+  /** ffn_gate_inp_shexp as a 1-row weight: sigmoid of its output scales the shared expert. */
+  gateInp: Weight;
+  gate: Weight;
+  up: Weight;
+  down: Weight;
+}
+
+export interface MoeLayerParams {
+  layer: number;
+  nEmbd: number;
+  nExpert: number;
+  nExpertUsed: number;
+  normalize: boolean;
+  threads: number;
+  router: Weight;
+  shared?: SharedExpert;
+  experts: ExpertWeights;
+  /** Called once per token with its selection (position = absolute position in the sequence). */
+  onRoute?: (layer: number, position: number, experts: number[], weights: number[]) => void;
+  /** Absolute position of the first token of the batch. */
+  start: number;
+}
+
+function silu(z: number): number {
+  return z / (1 + Math.exp(-z));
+}
+
+/** down · (silu(gate · x) * (up · x)) for nTokens rows of x. */
+export function expertFfn(gate: Weight, up: Weight, down: Weight, x: Float32Array, nTokens: number, threads: number): Float32Array {
+  const g = gate.matmul(x, nTokens, threads);
+  const u = up.matmul(x, nTokens, threads);
+  for (let i = 0; i < g.length; i++) g[i] = silu(g[i]!) * u[i]!;
+  return down.matmul(g, nTokens, threads);
+}
+
+/** x: nTokens rows of nEmbd (the ffn-normed hidden state). Returns the layer's FFN output, same shape. */
+export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerParams): Promise<Float32Array> {
+  const { nEmbd, nExpert, nExpertUsed: k, threads } = p;
+  const logits = p.router.matmul(x, nTokens, threads);
+  const routes: Route[] = [];
+  for (let t = 0; t < nTokens; t++) {
+    const r = route(logits, t * nExpert, nExpert, k, p.normalize);
+    routes.push(r);
+    p.onRoute?.(p.layer, p.start + t, r.experts, r.weights);
+  }
+
+  // tokensOf[e] = [(token, slot)] for every token that chose expert e in selection slot `slot`
+  const tokensOf: { token: number; slot: number }[][] = Array.from({ length: nExpert }, () => []);
+  routes.forEach((r, t) => r.experts.forEach((e, slot) => tokensOf[e]!.push({ token: t, slot })));
+
+  // perSlot[(t*k + slot)*nEmbd ..]: weighted output of token t's slot-th expert
+  const perSlot = new Float32Array(nTokens * k * nEmbd);
+  for (let e = 0; e < nExpert; e++) {
+    const users = tokensOf[e]!;
+    if (users.length === 0) continue;
+    const [gate, up, down] = await Promise.all([
+      p.experts.matrix(p.layer, e, 'gate'), p.experts.matrix(p.layer, e, 'up'), p.experts.matrix(p.layer, e, 'down'),
+    ]);
+    const batch = new Float32Array(users.length * nEmbd);
+    users.forEach((u, i) => batch.set(x.subarray(u.token * nEmbd, (u.token + 1) * nEmbd), i * nEmbd));
+    const y = expertFfn(gate, up, down, batch, users.length, threads);
+    users.forEach((u, i) => {
+      const w = Math.fround(routes[u.token]!.weights[u.slot]!);
+      const dst = (u.token * k + u.slot) * nEmbd;
+      for (let c = 0; c < nEmbd; c++) perSlot[dst + c] = y[i * nEmbd + c]! * w;
+    });
+  }
+
+  const out = new Float32Array(nTokens * nEmbd);
+  for (let t = 0; t < nTokens; t++) {
+    for (let c = 0; c < nEmbd; c++) {
+      let s = perSlot[(t * k) * nEmbd + c]!;
+      for (let slot = 1; slot < k; slot++) s = Math.fround(s + perSlot[(t * k + slot) * nEmbd + c]!);
+      out[t * nEmbd + c] = s;
+    }
+  }
+
+  if (p.shared) {
+    const gateLogit = p.shared.gateInp.matmul(x, nTokens, threads);
+    const y = expertFfn(p.shared.gate, p.shared.up, p.shared.down, x, nTokens, threads);
+    for (let t = 0; t < nTokens; t++) {
+      const g = Math.fround(1 / (1 + Math.exp(-gateLogit[t]!)));
+      for (let c = 0; c < nEmbd; c++) out[t * nEmbd + c] = out[t * nEmbd + c]! + Math.fround(y[t * nEmbd + c]! * g);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,61 @@
+// A weight matrix as stored in the file (any block type) with a matmul that goes through the native
+// kernels, and small helpers to read tensors into these or into plain f32 vectors.
+import { matmul } from '../native/index.js';
+import { bytesFor, typeName, type GGMLType } from '../model/ggml-types.js';
+import { dequantize } from '../model/quant/index.js';
+import { ModelError } from '../model/errors.js';
+import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.js';
+
+const CONVERT_HINT = 'the model file does not match its own metadata; convert it again with a current llama.cpp';
+
+export class Weight {
+  constructor(
+    readonly type: GGMLType,
+    /** Output features. */
+    readonly rows: number,
+    /** Input features (one row's length). */
+    readonly cols: number,
+    /** rows * rowBytes bytes, rows contiguous. */
+    readonly data: Uint8Array,
+  ) {
+    const want = rows * bytesFor(type, cols);
+    if (data.byteLength !== want) throw new RangeError(`weight of ${rows}x${cols} ${typeName(type)} needs ${want} bytes, got ${data.byteLength}`);
+  }
+
+  get rowBytes(): number { return bytesFor(this.type, this.cols); }
+
+  /** y[t*rows + r] = dot(row r, x[t*cols ..]) for t < nTokens. */
+  matmul(x: Float32Array, nTokens: number, threads: number, out = new Float32Array(nTokens * this.rows)): Float32Array {
+    matmul(this.type, this.data, this.rows, this.cols, x, nTokens, out, threads);
+    return out;
+  }
+
+  /** Row r decoded to f32 (token embedding lookup). */
+  row(r: number, out?: Float32Array): Float32Array {
+    const rb = this.rowBytes;
+    return dequantize(this.type, this.data.subarray(r * rb, (r + 1) * rb), this.cols, out);
+  }
+}
+
+function shapeError(t: GGUFTensorInfo, want: readonly number[], what: string): ModelError {
+  return new ModelError(`tensor ${t.name} has dims [${t.dims.join(', ')}], expected [${want.join(', ')}] (${what})`, CONVERT_HINT);
+}
+
+/** The tensor's info after checking its dims equal `want` (ggml order). */
+export function checkedTensor(file: GGUFFile, name: string, want: readonly number[], what: string): GGUFTensorInfo {
+  const t = file.tensor(name);
+  if (t.dims.length !== want.length || t.dims.some((d, i) => d !== want[i])) throw shapeError(t, want, what);
+  return t;
+}
+
+/** A 2-D tensor [cols, rows] read into memory as a Weight. */
+export function readWeight(file: GGUFFile, name: string, cols: number, rows: number, what: string): Weight {
+  const t = checkedTensor(file, name, [cols, rows], what);
+  return new Weight(t.type, rows, cols, file.readTensor(name));
+}
+
+/** A 1-D tensor (norm weights, biases) decoded to f32. */
+export function readVector(file: GGUFFile, name: string, length: number, what: string): Float32Array {
+  const t = checkedTensor(file, name, [length], what);
+  return dequantize(t.type, file.readTensor(name), length);
+}

@@ -1,0 +1,14 @@
+// llama with experts (Mixtral): adjacent-pair rope, top-k weights renormalised, expert width in
+// feed_forward_length.
+import type { Architecture } from './index.js';
+
+export const llama: Architecture = {
+  name: 'llama',
+  description: 'llama with experts (Mixtral)',
+  rope: 'normal',
+  qkNorm: 'none',
+  qkvBias: false,
+  normalizeExpertWeights: true,
+  sharedExpert: false,
+  expertFfnKey: 'feed_forward_length',
+};
