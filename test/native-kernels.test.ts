@@ -293,6 +293,23 @@ test('matches llama.cpp vec_dot on its vectors', (t) => {
   t.diagnostic(`${checked} vectors checked`);
 });
 
+test('long rows (the SIMD path prefetches from 4096 values) agree with the portable path', () => {
+  const rand = rng(11);
+  const rows = 3, cols = 4096 + 256 * 3;
+  for (const type of TYPES) {
+    const w = randomWeights(type, rows, cols, rand);
+    const x = normals(cols, rand);
+    const ref = reference(type, w, rows, cols, x, 1);
+    setKernelPath('portable');
+    const portable = run(type, w, rows, cols, x, 1);
+    setKernelPath('auto');
+    const auto = run(type, w, rows, cols, x, 1);
+    for (let r = 0; r < rows; r++) {
+      assert.ok(Math.abs(auto[r]! - portable[r]!) <= 1e-5 * ref.scale[r]! + 1e-6, `${typeName(type)} row ${r}`);
+    }
+  }
+});
+
 test('buffers on SharedArrayBuffer and at byte offsets', () => {
   const rand = rng(5);
   const rows = 5, cols = 64;

@@ -21,7 +21,7 @@ bool typeGeometry(int type, TypeGeometry* out);
 
 // Activation rows after conversion, unpacked from ggml's block structs into flat arrays (same numbers).
 // Token t: f32/h/qs start at t*cols; d/s at t*blocks; bsums (Q8_K, one per 16 values) at t*cols/16;
-// q4Offset (one per 4 values) at t*cols/4.
+// q4Offset at t*blocks.
 struct Act {
   int nTokens;
   int cols;
@@ -32,7 +32,7 @@ struct Act {
   const float* d;          // block scales (Q8_0/Q8_1: the stored f16 value widened; Q8_K: f32)
   const float* s;          // Q8_1: f16(d * sum(qs)) widened
   const int16_t* bsums;    // Q8_K: sums of 16 quants
-  const int32_t* q4Offset; // Q8_0: -8 * (sum of each 4 consecutive quants): Q4_0's -8 folded in, for SIMD
+  const int32_t* q4Offset; // Q8_0: -8 * sum of the block's quants (Q4_0's -8 offset, for SIMD)
 };
 
 struct Job {

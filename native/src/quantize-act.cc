@@ -114,9 +114,11 @@ ActBuffers::ActBuffers(ActKind kind, const float* x, int nTokens, int cols) {
       act_.d = d_.data();
       act_.s = kind == ActKind::Q8_1 ? s_.data() : nullptr;
       if (kind == ActKind::Q8_0) {
-        q4Offset_.resize(n / 4);
-        for (size_t i = 0; i < n / 4; i++) {
-          q4Offset_[i] = -8 * (qs_[4 * i] + qs_[4 * i + 1] + qs_[4 * i + 2] + qs_[4 * i + 3]);
+        q4Offset_.resize(blocks);
+        for (size_t b = 0; b < blocks; b++) {
+          int sum = 0;
+          for (int i = 0; i < 32; i++) sum += qs_[32 * b + i];
+          q4Offset_[b] = -8 * sum;
         }
         act_.q4Offset = q4Offset_.data();
       }
