@@ -8,6 +8,7 @@ import { GGUFWriter } from '../src/model/gguf-writer.js';
 import { GGMLType } from '../src/model/ggml-types.js';
 import { ModelError } from '../src/model/errors.js';
 import { ExpertLocator } from '../src/experts/locator.js';
+import { HostCache } from '../src/experts/host-cache.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'experts-locator-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -93,6 +94,11 @@ test('locate: offsets, sizes and bytes of each expert matrix match the hand layo
     assert.equal(loc.maxExpertBytes(), 904);
     assert.deepEqual(loc.residentTensors().map((t) => t.name),
       ['token_embd.weight', 'blk.0.ffn_up.weight', 'blk.1.ffn_gate_inp.weight', 'blk.1.ffn_gate_shexp.weight']);
+    // The locator gives the cache its sizes: slot = 512 + 136 (padded to 192) + 256 = 960 bytes.
+    const cache = new HostCache({ budgetBytes: 2 * 960, experts: loc, backing: 'none' });
+    assert.equal(cache.slotBytes, 960);
+    assert.equal(cache.capacity, 2);
+    assert.throws(() => cache.access(0, 0), /no experts/);
     assert.throws(() => loc.locate(0, 0, 'gate'), /dense/);
     assert.throws(() => loc.locate(1, 3, 'gate'), RangeError);
     assert.throws(() => loc.locate(2, 0, 'gate'), RangeError);

@@ -1,0 +1,309 @@
+// The RAM tier: expert weights in SharedArrayBuffer slots (so any worker reads them without a copy),
+// least-recently-used order from lru-cache, a byte budget that is never exceeded, and pins: an expert
+// in use cannot be evicted. The hit/miss decision is made in one place, lookup(), for both the live
+// cache (backing 'shared') and the accounting-only one (backing 'none') that `simulate` uses, so live
+// and simulated hit rates agree.
+import { LRUCache } from 'lru-cache';
+import { UsageError } from '../model/errors.js';
+import { EXPERT_MATRICES, type ExpertMatrix } from './locator.js';
+import { SlotAllocator, type Backing, type Slot } from './slab.js';
+import { formatBytes } from './size.js';
+
+/** Each matrix starts on this boundary inside a slot (cache lines / SIMD loads). */
+export const MATRIX_ALIGNMENT = 64;
+
+/** Sizes of the experts, per layer; an ExpertLocator is one. */
+export interface ExpertSizes {
+  readonly layers: number;
+  readonly expertCount: number;
+  hasExperts(layer: number): boolean;
+  expertRange(layer: number, expert: number): Record<ExpertMatrix, { byteLength: number }>;
+}
+
+/** Experts of one size in every layer (for simulations and tests). */
+export function uniformExpertSizes(layers: number, expertCount: number, bytes: Record<ExpertMatrix, number>): ExpertSizes {
+  const range = { gate: { byteLength: bytes.gate }, up: { byteLength: bytes.up }, down: { byteLength: bytes.down } };
+  return { layers, expertCount, hasExperts: () => true, expertRange: () => range };
+}
+
+export function expertKey(layer: number, expert: number, expertCount: number): number {
+  return layer * expertCount + expert;
+}
+
+/** Where the three matrices sit inside a slot, relative to the slot's start. */
+export interface SlotLayout {
+  readonly matrices: Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  /** Expert bytes (the three matrices, no padding). */
+  readonly expertBytes: number;
+  /** Bytes the layout spans, padded to MATRIX_ALIGNMENT. */
+  readonly slotBytes: number;
+}
+
+export function slotLayout(sizes: Record<ExpertMatrix, { byteLength: number }>): SlotLayout {
+  let at = 0;
+  let expertBytes = 0;
+  const matrices = {} as Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  for (const m of EXPERT_MATRICES) {
+    const byteLength = sizes[m].byteLength;
+    matrices[m] = { offset: at, byteLength };
+    expertBytes += byteLength;
+    at += Math.ceil(byteLength / MATRIX_ALIGNMENT) * MATRIX_ALIGNMENT;
+  }
+  return { matrices, expertBytes, slotBytes: Math.max(at, MATRIX_ALIGNMENT) };
+}
+
+/**
+ * The smallest budget that holds `inUse` experts pinned at once (for a decode step: the k experts of
+ * one layer), given the slot size (an expert's bytes padded as slotLayout() does).
+ */
+export function minimumBudget(slotBytes: number, inUse: number): number {
+  return slotBytes * Math.max(1, inUse);
+}
+
+/** A resident (or loading) expert. Pinned while someone uses it; read its weights with matrixView(). */
+export interface HostEntry {
+  readonly key: number;
+  readonly layer: number;
+  readonly expert: number;
+  readonly slot: Slot;
+  /** Absolute byte ranges inside slot.buffer. */
+  readonly ranges: Record<ExpertMatrix, { offset: number; byteLength: number }>;
+}
+
+/** A view of one matrix's bytes in the shared slab (no copy). Throws for an accounting-only cache. */
+export function matrixView(entry: HostEntry, matrix: ExpertMatrix): Uint8Array {
+  if (!entry.slot.buffer) throw new Error('an accounting-only cache (backing none) holds no weights');
+  const r = entry.ranges[matrix];
+  return new Uint8Array(entry.slot.buffer, r.offset, r.byteLength);
+}
+
+/** The whole slot as bytes (what a loader fills: each matrix at its range). */
+export function slotView(entry: HostEntry): Uint8Array {
+  if (!entry.slot.buffer) throw new Error('an accounting-only cache (backing none) holds no weights');
+  return new Uint8Array(entry.slot.buffer, entry.slot.offset, entry.slot.byteLength);
+}
+
+class Entry implements HostEntry {
+  readonly ranges: Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  /** Pins held; an entry with pins > 0 is never evicted. */
+  pins = 0;
+  loaded = false;
+  /** Settles when the load does; rejects (and the entry is gone) when the load fails. */
+  ready: Promise<void> = Promise.resolve();
+  constructor(readonly key: number, readonly layer: number, readonly expert: number, readonly slot: Slot, layout: SlotLayout) {
+    const r = {} as Record<ExpertMatrix, { offset: number; byteLength: number }>;
+    for (const m of EXPERT_MATRICES) r[m] = { offset: slot.offset + layout.matrices[m].offset, byteLength: layout.matrices[m].byteLength };
+    this.ranges = r;
+  }
+}
+
+export interface CacheCounters {
+  hits: number;
+  misses: number;
+  evictions: number;
+  /** Expert bytes (unpadded) inserted on misses. */
+  insertedBytes: number;
+  /** Loads that failed (the entry was dropped and its slot freed). */
+  failedLoads: number;
+}
+
+export interface CacheStats {
+  total: CacheCounters;
+  /** Indexed by layer. */
+  layers: CacheCounters[];
+}
+
+const zero = (): CacheCounters => ({ hits: 0, misses: 0, evictions: 0, insertedBytes: 0, failedLoads: 0 });
+
+export interface HostCacheOptions {
+  budgetBytes: number;
+  experts: ExpertSizes;
+  /** 'shared' (default): SharedArrayBuffer slabs; 'none': sizes and LRU order only (simulation). */
+  backing?: Backing;
+  /** Experts pinned at once in normal use (k); the constructor rejects a budget that cannot hold them. */
+  expertsInUse?: number;
+  slabBytes?: number;
+}
+
+export class HostCache {
+  readonly budgetBytes: number;
+  readonly backing: Backing;
+  readonly expertCount: number;
+  /** Every slot has this size: the largest padded expert over all layers. */
+  readonly slotBytes: number;
+  private readonly layouts: (SlotLayout | undefined)[];
+  private readonly allocator: SlotAllocator;
+  // Holds every resident and loading entry. Its size-based eviction never fires: takeSlot() makes
+  // room first, and maxSize = allocator.maxSlots * slotBytes. dispose returns the slot to the allocator.
+  private readonly lru: LRUCache<number, Entry>;
+  private readonly counters: CacheCounters[];
+  private readonly totals = zero();
+
+  constructor(opts: HostCacheOptions) {
+    const { experts } = opts;
+    this.budgetBytes = opts.budgetBytes;
+    this.backing = opts.backing ?? 'shared';
+    this.expertCount = experts.expertCount;
+    this.layouts = [];
+    let slotBytes = 0;
+    for (let l = 0; l < experts.layers; l++) {
+      const layout = experts.hasExperts(l) ? slotLayout(experts.expertRange(l, 0)) : undefined;
+      this.layouts.push(layout);
+      if (layout) slotBytes = Math.max(slotBytes, layout.slotBytes);
+    }
+    if (slotBytes === 0) throw new RangeError('no layer has experts');
+    this.slotBytes = slotBytes;
+    const inUse = Math.max(1, opts.expertsInUse ?? 1);
+    const min = minimumBudget(slotBytes, inUse);
+    if (!(opts.budgetBytes >= min)) {
+      const what = inUse === 1 ? 'one expert' : `the ${inUse} experts one layer uses at once`;
+      throw new UsageError(`RAM cache budget ${formatBytes(Math.max(0, opts.budgetBytes || 0))} cannot hold ${what} (${formatBytes(slotBytes)} each); the minimum is ${formatBytes(min)}`,
+        `give --ram-cache ${min} or more`);
+    }
+    this.allocator = new SlotAllocator({ slotBytes, budgetBytes: Math.floor(opts.budgetBytes), backing: this.backing, ...(opts.slabBytes ? { slabBytes: opts.slabBytes } : {}) });
+    this.counters = Array.from({ length: experts.layers }, zero);
+    this.lru = new LRUCache<number, Entry>({
+      maxSize: this.allocator.maxSlots * slotBytes,
+      sizeCalculation: () => slotBytes,
+      dispose: (entry) => this.allocator.release(entry.slot),
+      noDisposeOnSet: true,
+    });
+  }
+
+  /** Most experts resident at once. */
+  get capacity(): number { return this.allocator.maxSlots; }
+  get size(): number { return this.lru.size; }
+  /** Bytes of slabs allocated (or, with backing 'none', that would be). */
+  get allocatedBytes(): number { return this.allocator.allocatedBytes; }
+  get sharedArrayBufferBytes(): number { return this.allocator.sharedArrayBufferBytes; }
+  get pinnedCount(): number {
+    let n = 0;
+    for (const e of this.lru.values()) if (e.pins > 0) n++;
+    return n;
+  }
+
+  has(layer: number, expert: number): boolean {
+    return this.lru.has(expertKey(layer, expert, this.expertCount));
+  }
+
+  /**
+   * The expert, pinned for the caller (release it when done). A miss takes a slot (evicting the
+   * least-recently-used unpinned experts if needed) and calls `load` to fill it; concurrent calls
+   * for the same expert share that one load. If the load fails, the slot is freed and every caller
+   * waiting on it gets the error (none holds a pin afterwards).
+   */
+  async getOrLoad(layer: number, expert: number, load: (entry: HostEntry) => Promise<void>): Promise<HostEntry> {
+    // Synchronous up to the await: the lookup, the pin and the start of the load happen atomically.
+    const { entry, hit } = this.lookup(layer, expert);
+    entry.pins++;
+    if (!hit) entry.ready = this.runLoad(entry, load);
+    await entry.ready;
+    return entry;
+  }
+
+  /**
+   * Simulation (backing 'none' only): one access, as getOrLoad + release would do it, synchronously.
+   * Returns true on a hit.
+   */
+  access(layer: number, expert: number): boolean {
+    if (this.backing !== 'none') throw new Error('access() is for accounting-only caches; use getOrLoad()');
+    const { entry, hit } = this.lookup(layer, expert);
+    entry.loaded = true;
+    return hit;
+  }
+
+  /** Pins an expert that is resident and loaded (marking it recently used); undefined otherwise. No hit/miss is counted. */
+  acquire(key: number): HostEntry | undefined {
+    const e = this.lru.get(key);
+    if (!e || !e.loaded) return undefined;
+    e.pins++;
+    return e;
+  }
+
+  release(keyOrEntry: number | HostEntry): void {
+    const key = typeof keyOrEntry === 'number' ? keyOrEntry : keyOrEntry.key;
+    const e = this.lru.peek(key);
+    if (!e || e.pins <= 0) throw new Error(`release of expert key ${key} that is not pinned`);
+    e.pins--;
+  }
+
+  stats(): CacheStats {
+    return { total: { ...this.totals }, layers: this.counters.map((c) => ({ ...c })) };
+  }
+
+  /** THE hit/miss decision, shared by getOrLoad() and access(). A loading entry counts as a hit (no second read). */
+  private lookup(layer: number, expert: number): { entry: Entry; hit: boolean } {
+    const layout = this.layouts[layer];
+    if (!layout) throw new RangeError(`layer ${layer} has no experts`);
+    if (!Number.isInteger(expert) || expert < 0 || expert >= this.expertCount) throw new RangeError(`expert ${expert} out of range`);
+    const key = expertKey(layer, expert, this.expertCount);
+    const found = this.lru.get(key); // marks it most recently used
+    const c = this.counters[layer]!;
+    if (found) {
+      c.hits++;
+      this.totals.hits++;
+      return { entry: found, hit: true };
+    }
+    const slot = this.takeSlot(layer);
+    const entry = new Entry(key, layer, expert, slot, layout);
+    this.lru.set(key, entry);
+    c.misses++;
+    this.totals.misses++;
+    c.insertedBytes += layout.expertBytes;
+    this.totals.insertedBytes += layout.expertBytes;
+    return { entry, hit: false };
+  }
+
+  /** A free slot: a fresh one while the budget allows, else the least-recently-used unpinned expert's. */
+  private takeSlot(layer: number): Slot {
+    // Invariant: entries in lru == used slots; used + free slot bytes == allocated slab bytes <= budget.
+    if (!this.allocator.canAlloc()) {
+      let victim: Entry | undefined;
+      for (const key of this.lru.rkeys()) { // least recently used first
+        const e = this.lru.peek(key)!;
+        if (e.pins === 0) { victim = e; break; }
+      }
+      if (!victim) {
+        const pinned = this.lru.size;
+        const min = minimumBudget(this.slotBytes, pinned + 1);
+        throw new UsageError(
+          `RAM cache budget ${formatBytes(this.budgetBytes)} is full with ${pinned} experts all in use, and layer ${layer} needs one more; the minimum for ${pinned + 1} experts in use at once is ${formatBytes(min)}`,
+          `give --ram-cache ${min} or more`);
+      }
+      this.lru.delete(victim.key); // dispose() frees the slot
+      this.counters[victim.layer]!.evictions++;
+      this.totals.evictions++;
+    }
+    const slot = this.allocator.alloc();
+    if (!slot) throw new Error('slot allocator full after making room'); // cannot happen: see canAlloc()
+    return slot;
+  }
+
+  private runLoad(entry: Entry, load: (entry: HostEntry) => Promise<void>): Promise<void> {
+    return (async () => { await load(entry); })().then(
+      () => { entry.loaded = true; },
+      (err: unknown) => {
+        // Drop the entry so no one finds half-filled weights; its pins die with it.
+        entry.pins = 0;
+        if (this.lru.peek(entry.key) === entry) this.lru.delete(entry.key);
+        this.counters[entry.layer]!.failedLoads++;
+        this.totals.failedLoads++;
+        throw err;
+      });
+  }
+
+  /** Throws if the accounting is inconsistent (tests and debug runs call it after operations). */
+  checkInvariants(): void {
+    this.allocator.checkInvariants();
+    const fail = (what: string) => { throw new Error(`host cache invariant broken: ${what}`); };
+    if (this.lru.size !== this.allocator.usedSlots) fail(`${this.lru.size} entries but ${this.allocator.usedSlots} used slots`);
+    if (this.lru.calculatedSize !== this.lru.size * this.slotBytes) fail('lru size differs from slot bytes');
+    if (this.allocator.allocatedBytes > this.budgetBytes) fail('allocated past the budget');
+    const seen = new Set<number>();
+    for (const e of this.lru.values()) {
+      if (e.pins < 0) fail(`negative pins on ${e.key}`);
+      if (seen.has(e.slot.index)) fail(`slot ${e.slot.index} held twice`);
+      seen.add(e.slot.index);
+    }
+  }
+}
