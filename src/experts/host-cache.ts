@@ -203,7 +203,8 @@ export class HostCache {
 
   /**
    * Simulation (backing 'none' only): one access, as getOrLoad + release would do it, synchronously.
-   * Returns true on a hit.
+   * Returns true on a hit. Matches a live run that pins only the current layer's experts and requests
+   * them in the same order: with room for k slots, LRU never evicts any of the k most recent anyway.
    */
   access(layer: number, expert: number): boolean {
     if (this.backing !== 'none') throw new Error('access() is for accounting-only caches; use getOrLoad()');
