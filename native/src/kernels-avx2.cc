@@ -3,6 +3,7 @@
 #include "kernels.h"
 
 #if defined(__x86_64__)
+#include "fp16.h"
 #include <immintrin.h>
 #include <cstring>
 
@@ -17,7 +18,6 @@ AVX2_FN inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-
 
 AVX2_FN inline __m256i sumPairs16(__m256i v) { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
 
@@ -44,23 +44,19 @@ AVX2_FN inline void prefetchAhead(const uint8_t* p) {
   for (int line = 0; line < BYTES; line += 64) _mm_prefetch((const char*)p + PREFETCH_AHEAD + line, _MM_HINT_T0);
 }
 
-// Kernel structs: K::dot<NT>(row, act, t0, res) computes tokens t0 .. t0+NT-1 of one weight row. Every
-// token has its own accumulators and the same operation sequence whatever NT is, so batching tokens
-// (which shares the weight unpacking) does not change any result bit.
-
-// ---- 32-value blocks with Q8_0 / Q8_1 activations. Two accumulators (even / odd blocks) hide FMA latency.
+// ---- 32-value blocks with Q8_0 / Q8_1 activations
 
 // Weight scales of 8 consecutive blocks (f16 at a fixed stride) as floats.
 template <int BYTES>
 AVX2_FN inline __m256 scales8(const uint8_t* w) {
-  __m128i h = _mm_cvtsi32_si128(*(const uint16_t*)w);
-  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 1 * BYTES), 1);
-  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 2 * BYTES), 2);
-  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 3 * BYTES), 3);
-  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 4 * BYTES), 4);
-  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 5 * BYTES), 5);
-  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 6 * BYTES), 6);
-  h = _mm_insert_epi16(h, *(const uint16_t*)(w + 7 * BYTES), 7);
+  __m128i h = _mm_cvtsi32_si128(readU16(w));
+  h = _mm_insert_epi16(h, readU16(w + 1 * BYTES), 1);
+  h = _mm_insert_epi16(h, readU16(w + 2 * BYTES), 2);
+  h = _mm_insert_epi16(h, readU16(w + 3 * BYTES), 3);
+  h = _mm_insert_epi16(h, readU16(w + 4 * BYTES), 4);
+  h = _mm_insert_epi16(h, readU16(w + 5 * BYTES), 5);
+  h = _mm_insert_epi16(h, readU16(w + 6 * BYTES), 6);
+  h = _mm_insert_epi16(h, readU16(w + 7 * BYTES), 7);
   return _mm256_cvtph_ps(h);
 }
 
@@ -475,8 +471,11 @@ struct Q3_K {
   }
 };
 
+// Driver for the kernel structs with K::dot<NT>(row, act, t0, res), which computes tokens t0 .. t0+NT-1
+// of one weight row. Every token has its own accumulators and the same operation sequence whatever NT
+// is, so batching tokens (which shares the weight unpacking) does not change any result bit.
 // Rows in tiles of 8, tokens in groups of 4 (then singles): a tile's weights stay in cache while each
-// token group's activations are read, and one unpacking of a weight block serves 4 tokens.
+// token group's activations are read.
 template <class K>
 AVX2_FN void rowsAvx2(const Job& job, int r0, int r1) {
   const Act& a = *job.act;
