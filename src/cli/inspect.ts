@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { runCommand } from './run-command.js';
 import { GGUFFile, getArray, getNumber, getString, type GGUFValue } from '../model/gguf.js';
 import { typeName } from '../model/ggml-types.js';
+import { formatBytes } from '../model/bytes.js';
 
 interface InspectOptions {
   model: string;
@@ -109,14 +110,6 @@ export function summarize(f: GGUFFile): ModelSummary {
     oneExpertBytesMin: min,
     oneExpertBytesMax: max,
   };
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) { v /= 1024; u++; }
-  return u === 0 ? `${n} B` : `${v.toFixed(2)} ${units[u]} (${n} bytes)`;
 }
 
 /** f32 metadata read back as a double shows its float noise (1e-6 -> 9.99999997e-7); 7 digits is f32's precision. */

@@ -2,7 +2,7 @@
 import { freemem } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { UsageError } from '../model/errors.js';
-import { formatBytes } from '../cli/inspect.js';
+import { formatBytes } from '../model/bytes.js';
 
 export { formatBytes };
 
