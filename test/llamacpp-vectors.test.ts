@@ -207,13 +207,25 @@ interface LogitsVector {
 }
 
 /**
- * f32 fixtures: only summation order differs from llama.cpp. Quantized fixtures: weights are the same
- * blocks and activations are quantized the same way, so the remaining differences are f32 rounding
- * plus the odd activation value that rounds to the other integer level.
+ * Agreement at f32 rounding level: only summation order (and ggml's SIMD expf) differ from llama.cpp.
+ * Measured: at most 1.6e-6 * max|logit| on every f32 fixture and on quantized ones without a flip.
  */
-function tolerance(model: string, maxAbsLogit: number): number {
-  return model.includes('-f32') ? 1e-3 * maxAbsLogit + 1e-4 : 2e-2 * maxAbsLogit;
-}
+const f32Tolerance = (maxAbsLogit: number) => 1e-4 * maxAbsLogit + 1e-5;
+
+/**
+ * Quantized fixtures: weights are the same blocks and activations are quantized the same way, but an
+ * activation sitting within f32 rounding of a half-step can round to the other 8-bit level (seen in
+ * qwen2moe-q4_k: position 5, layer 0, Q8_K value 7.4999976 in llama.cpp, 7.5000... here), and that one
+ * step spreads through attention to later positions: 1.85e-2 * max|logit| measured. The per-fixture
+ * bound allows such a flip; the check after the loop demands f32-level agreement from most fixtures,
+ * which a systematic difference (e.g. unrounded activations, 1.5e-2..2.4e-1) cannot pass.
+ */
+const quantTolerance = (maxAbsLogit: number) => 3e-2 * maxAbsLogit;
+
+const isF32Fixture = (model: string) => model.includes('-f32');
+
+/** Max |diff| / f32 tolerance per quantized fixture evaluated, for the check after the loop. */
+const quantizedResults = new Map<string, boolean>();
 
 for (const file of vectorFiles('logits')) {
   const v = readJson<LogitsVector>(file);
@@ -230,28 +242,43 @@ for (const file of vectorFiles('logits')) {
       assert.equal(logits.length, v.tokens.length * v.n_vocab, 'one row of logits per token');
       let maxAbs = 0;
       for (const row of v.logits) for (const x of row) maxAbs = Math.max(maxAbs, Math.abs(x));
+      const tol = isF32Fixture(v.model) ? f32Tolerance(maxAbs) : quantTolerance(maxAbs);
       let maxDiff = 0;
       let where = '';
+      const perPosition: string[] = [];
       for (let p = 0; p < v.tokens.length; p++) {
+        let rowDiff = 0;
         for (let i = 0; i < v.n_vocab; i++) {
           const d = Math.abs(logits[p * v.n_vocab + i]! - v.logits[p]![i]!);
+          if (!(d <= rowDiff)) rowDiff = d;
           if (!(d <= maxDiff)) { maxDiff = d; where = `position ${p}, token ${i}`; }
         }
+        perPosition.push(rowDiff.toExponential(1));
       }
       // the argmax is what generation sees: it must agree wherever llama.cpp's top two are apart
       for (let p = 0; p < v.tokens.length; p++) {
         const want = v.logits[p]!;
         const sorted = [...want].sort((a, b) => b - a);
-        if (sorted[0]! - sorted[1]! <= 2 * tolerance(v.model, maxAbs)) continue;
+        if (sorted[0]! - sorted[1]! <= 2 * tol) continue;
         const row = logits.subarray(p * v.n_vocab, (p + 1) * v.n_vocab);
         assert.equal(row.indexOf(Math.max(...row)), want.indexOf(sorted[0]!), `argmax at position ${p}`);
       }
-      const tol = tolerance(v.model, maxAbs);
-      t.diagnostic(`max |diff| ${maxDiff.toExponential(3)} at ${where}; max |logit| ${maxAbs.toFixed(4)}; ` +
-        `tolerance ${tol.toExponential(3)}`);
-      assert.ok(maxDiff <= tol, `max |diff| ${maxDiff} at ${where} exceeds ${tol} (max |logit| ${maxAbs})`);
+      t.diagnostic(`max |diff| ${maxDiff.toExponential(3)} (${(maxDiff / maxAbs).toExponential(2)} of max |logit| ` +
+        `${maxAbs.toFixed(4)}) at ${where}; tolerance ${tol.toExponential(3)}`);
+      if (!isF32Fixture(v.model)) quantizedResults.set(v.model, maxDiff <= f32Tolerance(maxAbs));
+      assert.ok(maxDiff <= tol, `max |diff| ${maxDiff} at ${where} exceeds ${tol} (max |logit| ${maxAbs}); ` +
+        `per position: ${perPosition.join(' ')}`);
     } finally {
       model.close();
     }
   });
 }
+
+test('most quantized fixtures match llama.cpp at f32 rounding level (activation rounding is ggml\'s)', (t) => {
+  if (quantizedResults.size < 4) return t.skip(`only ${quantizedResults.size} quantized fixtures were evaluated`);
+  const loose = [...quantizedResults].filter(([, tight]) => !tight).map(([m]) => m);
+  t.diagnostic(`${quantizedResults.size - loose.length} of ${quantizedResults.size} at f32 level; others: ${loose.join(', ') || 'none'}`);
+  assert.ok(loose.length * 4 <= quantizedResults.size,
+    `${loose.length} of ${quantizedResults.size} quantized fixtures differ from llama.cpp beyond f32 rounding ` +
+    `(${loose.join(', ')}): more than rounding-boundary flips explain; check activation quantization`);
+});
