@@ -1,6 +1,155 @@
-// CONTRACT STUB (owner: see the helper task) — replace with the real command; keep the export.
+// `moe-offload generate`: complete a prompt with a model, streaming the text as it is made, or one
+// JSON object with per-token log-probabilities and timings (--json).
+import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
+import { runCommand } from './run-command.js';
+import { UsageError } from '../model/errors.js';
+import { defaultModelPath } from '../model/default-model.js';
+import { loadModel } from '../engine/model.js';
+import { Sampler } from '../engine/sampler.js';
+import { generate } from '../engine/generator.js';
+
+/** Options as commander hands them over (numbers still strings, validated below). */
+interface RawGenerateOptions {
+  model?: string;
+  prompt?: string;
+  maxTokens: string;
+  temperature: string;
+  topK: string;
+  topP: string;
+  minP: string;
+  seed?: string;
+  threads?: string;
+  topLogprobs: string;
+  json?: boolean;
+}
+
+export interface GenerateOptions {
+  model: string;
+  prompt: string;
+  maxTokens: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  seed: number | undefined;
+  threads: number;
+  topLogprobs: number;
+  json: boolean;
+}
+
+function integer(flag: string, value: string, min: number, max: number): number {
+  const n = /^\s*[+-]?\d+\s*$/.test(value) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    throw new UsageError(`${flag} must be an integer from ${min} to ${max}, got '${value}'`);
+  }
+  return n;
+}
+
+function decimal(flag: string, value: string, min: number, max: number, range: string): number {
+  const n = value.trim() === '' ? NaN : Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`${flag} must be a number ${range}, got '${value}'`);
+  return n;
+}
+
+export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
+  if (raw.prompt === undefined) throw new UsageError('--prompt is required', 'pass the text to continue, e.g. --prompt "Once upon a time"');
+  return {
+    model: raw.model ?? defaultModelPath(),
+    prompt: raw.prompt,
+    maxTokens: integer('--max-tokens', raw.maxTokens, 1, 1_000_000),
+    temperature: decimal('--temperature', raw.temperature, 0, 100, 'from 0 (greedy) to 100'),
+    topK: integer('--top-k', raw.topK, 0, 1_000_000_000),
+    topP: decimal('--top-p', raw.topP, 0, 1, 'from 0 to 1 (1 = off)'),
+    minP: decimal('--min-p', raw.minP, 0, 1, 'from 0 (off) to 1'),
+    seed: raw.seed === undefined ? undefined : integer('--seed', raw.seed, 0, 4294967295),
+    threads: raw.threads === undefined ? availableParallelism() : integer('--threads', raw.threads, 1, 1024),
+    topLogprobs: integer('--top-logprobs', raw.topLogprobs, 0, 100),
+    json: raw.json ?? false,
+  };
+}
+
+async function runGenerate(o: GenerateOptions): Promise<void> {
+  const model = await loadModel(o.model, { threads: o.threads });
+  try {
+    const tok = model.tokenizer;
+    const prompt = tok.encode(o.prompt, { addSpecial: true });
+    if (prompt.length === 0) {
+      throw new UsageError('the prompt is empty and this model adds no BOS token, so there is nothing to continue from',
+        'give some text with --prompt');
+    }
+    const sampler = new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP, seed: o.seed });
+    const decoder = tok.createDecoder();
+    const stream = !o.json;
+    const result = await generate(model, prompt, {
+      maxTokens: o.maxTokens,
+      sampler,
+      topLogprobs: o.topLogprobs,
+      onToken: stream ? (t) => { if (!t.eog) process.stdout.write(decoder.push(t.id)); } : undefined,
+    });
+    if (stream) {
+      process.stdout.write(`${decoder.flush()}\n`);
+      return;
+    }
+    const kept = result.tokens.filter((t) => !t.eog).map((t) => t.id);
+    const decodeS = result.decodeMs / 1000;
+    const out = {
+      text: tok.decode(kept),
+      tokens: result.tokens.map((t) => ({ id: t.id, text: tok.decode([t.id]), logprob: t.logprob, top: t.top })),
+      stop: result.stop,
+      seed: sampler.seed,
+      stats: {
+        prompt_tokens: result.promptTokens,
+        generated_tokens: result.tokens.length,
+        prompt_ms: round(result.promptMs),
+        decode_ms: round(result.decodeMs),
+        tokens_per_s: decodeS > 0 ? round(result.tokens.length / decodeS) : null,
+      },
+    };
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+  } finally {
+    model.close();
+  }
+}
+
+function round(v: number): number {
+  return Math.round(v * 100) / 100;
+}
+
+const HELP = `
+The prompt is encoded with the model's tokenizer (BOS added when the model asks for it), evaluated as
+one batch, then tokens are sampled one at a time until an end-of-generation token or --max-tokens.
+Sampling follows llama.cpp's chain: top-k, then top-p, then min-p, then temperature, then a draw from
+a PRNG seeded by --seed (so a seed reproduces a run). --temperature 0 always takes the most probable
+token. Without --model, a small built-in model with random weights is used: it shows the tool working,
+its text is noise.
+
+Examples:
+  $ moe-offload generate --prompt "Call me Ishmael."
+  $ moe-offload generate --model olmoe-1b-7b-q4_k_m.gguf --prompt "The capital of France is" --temperature 0
+  $ moe-offload generate --model qwen3-30b-a3b-q4_k_m.gguf --prompt "Hi" --max-tokens 32 --seed 1 --json --top-logprobs 5
+
+--json prints one object: {"text", "tokens": [{"id", "text", "logprob", "top": [{"id", "logprob"}]}],
+"stop", "seed", "stats": {"prompt_tokens", "generated_tokens", "prompt_ms", "decode_ms", "tokens_per_s"}};
+logprob and top come from the plain softmax of the logits, before temperature and filters.`;
 
 export function registerGenerateCommand(program: Command): void {
-  program.command('generate').description('not implemented yet');
+  program
+    .command('generate')
+    .description('Continue a prompt with a Mixture-of-Experts model from a GGUF file')
+    .option('--model <file>', 'GGUF model file (default: the small built-in model)')
+    .option('--prompt <text>', 'the text to continue (required)')
+    .option('--max-tokens <n>', 'stop after this many new tokens (1 or more)', '128')
+    .option('--temperature <t>', 'randomness: 0 = always the most probable token; higher = more varied', '0.8')
+    .option('--top-k <k>', 'sample only among the k most probable tokens (0 = no limit)', '40')
+    .option('--top-p <p>', 'keep the most probable tokens that together reach probability p (1 = off)', '0.95')
+    .option('--min-p <p>', 'drop tokens less than p times as probable as the best one (0 = off)', '0.05')
+    .option('--seed <n>', 'random seed, 0 to 4294967295 (default: a random one; --json reports it)')
+    .option('--threads <n>', 'CPU threads for the matrix kernels (default: all cores)')
+    .option('--top-logprobs <n>', 'with --json: list the n most probable alternatives per token (0 to 100)', '0')
+    .option('--json', 'print one JSON object with the text, per-token log-probabilities and timings')
+    .addHelpText('after', HELP)
+    .action(runCommand(async (raw: RawGenerateOptions) => {
+      await runGenerate(parseGenerateOptions(raw));
+    }));
 }

@@ -52,6 +52,7 @@ export function argmax(v: ArrayLike<number>, offset = 0, n = v.length - offset):
 
 /** The n largest entries, sorted by value descending (ties: lower id first). */
 export function topEntries(values: ArrayLike<number>, n: number): { id: number; value: number }[] {
+  if (n <= 0) return [];
   return candidatesByValue(values, 0, values.length, n).map((id) => ({ id, value: values[id]! }));
 }
 

@@ -1,0 +1,113 @@
+// `moe-offload generate` end to end: the real launcher spawned on the fixture models.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+const fixture = (name: string) => join(repoRoot, 'fixtures', name);
+
+function run(...args: string[]) {
+  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/moe-offload.js'), 'generate', ...args], { encoding: 'utf8' });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+interface Output {
+  text: string;
+  tokens: { id: number; text: string; logprob: number; top: { id: number; logprob: number }[] }[];
+  stop: string;
+  seed: number;
+  stats: { prompt_tokens: number; generated_tokens: number; prompt_ms: number; decode_ms: number; tokens_per_s: number | null };
+}
+
+function json(...args: string[]): Output {
+  const r = run(...args, '--json');
+  assert.equal(r.code, 0, r.err);
+  return JSON.parse(r.out) as Output;
+}
+
+test('--json: text, per-token logprobs with sorted top alternatives, stats', () => {
+  const o = json('--model', fixture('olmoe-q8_0.gguf'), '--prompt', 'hi', '--max-tokens', '5', '--temperature', '0', '--top-logprobs', '3');
+  assert.equal(typeof o.text, 'string');
+  assert.ok(o.tokens.length >= 1 && o.tokens.length <= 5);
+  assert.equal(o.stats.generated_tokens, o.tokens.length);
+  assert.ok(o.stats.prompt_tokens >= 1);
+  assert.ok(o.stats.prompt_ms >= 0 && o.stats.decode_ms >= 0);
+  for (const t of o.tokens) {
+    assert.ok(Number.isInteger(t.id));
+    assert.equal(typeof t.text, 'string');
+    assert.ok(t.logprob <= 0);
+    assert.equal(t.top.length, 3);
+    for (let i = 1; i < t.top.length; i++) assert.ok(t.top[i - 1]!.logprob >= t.top[i]!.logprob);
+    assert.ok(t.top.every((e) => e.logprob <= 0));
+    // greedy: the chosen token is the most probable one
+    assert.equal(t.top[0]!.id, t.id);
+    assert.equal(t.top[0]!.logprob, t.logprob);
+  }
+  assert.ok(['eog', 'max_tokens', 'context'].includes(o.stop));
+  if (o.stop === 'max_tokens') assert.equal(o.tokens.length, 5);
+});
+
+test('greedy is deterministic across runs; the streamed text equals the JSON text', () => {
+  const args = ['--model', fixture('qwen3moe-q4_0.gguf'), '--prompt', 'Call me Ishmael.', '--max-tokens', '8', '--temperature', '0'];
+  const a = json(...args);
+  const b = json(...args, '--threads', '2');
+  assert.deepEqual(a.tokens.map((t) => t.id), b.tokens.map((t) => t.id));
+  const plain = run(...args);
+  assert.equal(plain.code, 0, plain.err);
+  assert.equal(plain.out, `${a.text}\n`);
+});
+
+test('a fixed seed reproduces a sampled run; --max-tokens is respected; the default model works', () => {
+  const args = ['--prompt', 'hi', '--max-tokens', '6', '--temperature', '1.5', '--top-k', '0', '--top-p', '1', '--min-p', '0', '--seed', '7'];
+  const a = json(...args);
+  const b = json(...args);
+  assert.equal(a.seed, 7);
+  assert.deepEqual(a.tokens.map((t) => t.id), b.tokens.map((t) => t.id));
+  assert.ok(a.tokens.length <= 6);
+  const one = json('--prompt', 'hi', '--max-tokens', '1');
+  assert.equal(one.tokens.length, 1);
+  assert.equal(one.tokens[0]!.top.length, 0); // --top-logprobs defaults to 0
+});
+
+test('bad values exit 2 with one line that names the option and its range', () => {
+  const cases: [string[], RegExp][] = [
+    [['--max-tokens', '0'], /--max-tokens.*1/],
+    [['--max-tokens', '2.5'], /--max-tokens/],
+    [['--temperature', '-1'], /--temperature/],
+    [['--top-p', '2'], /--top-p.*0.*1/],
+    [['--min-p', 'abc'], /--min-p/],
+    [['--top-k', '-3'], /--top-k/],
+    [['--seed', 'x'], /--seed/],
+    [['--threads', '0'], /--threads/],
+    [['--top-logprobs', '1000'], /--top-logprobs/],
+    [['--model', join(repoRoot, 'no-such-model.gguf')], /not found/],
+  ];
+  for (const [args, pattern] of cases) {
+    const r = run('--prompt', 'hi', ...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+    assert.equal(r.out, '');
+    assert.equal(r.err.trimEnd().split('\n').length, 1, r.err);
+    assert.match(r.err, pattern);
+  }
+  const noPrompt = run();
+  assert.equal(noPrompt.code, 2);
+  assert.match(noPrompt.err, /--prompt/);
+});
+
+test('an empty prompt: fine when the model adds BOS (llama fixture), a usage error when nothing is left', () => {
+  const withBos = json('--model', fixture('llama-q8_0.gguf'), '--prompt', '', '--max-tokens', '2', '--temperature', '0');
+  assert.equal(withBos.stats.prompt_tokens, 1);
+  const r = run('--model', fixture('qwen2moe-q8_0.gguf'), '--prompt', '');
+  assert.equal(r.code, 2);
+  assert.match(r.err, /prompt is empty/);
+});
+
+test('--help teaches the options with examples', () => {
+  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/moe-offload.js'), 'generate', '--help'], { encoding: 'utf8' });
+  assert.equal(r.status, 0);
+  for (const flag of ['--model', '--prompt', '--max-tokens', '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--threads', '--json', '--top-logprobs', 'Examples']) {
+    assert.ok(r.stdout.includes(flag), flag);
+  }
+});
