@@ -224,7 +224,7 @@ const quantTolerance = (maxAbsLogit: number) => 3e-2 * maxAbsLogit;
 
 const isF32Fixture = (model: string) => model.includes('-f32');
 
-/** Max |diff| / f32 tolerance per quantized fixture evaluated, for the check after the loop. */
+/** Whether each quantized fixture evaluated agreed with llama.cpp at f32 level, for the check after the loop. */
 const quantizedResults = new Map<string, boolean>();
 
 for (const file of vectorFiles('logits')) {
