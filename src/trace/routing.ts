@@ -39,15 +39,15 @@ export class RoutingBuilder {
 
   /** experts[l] = layer l's selection. `where` names the input position for error messages. */
   add(seq: number, pos: number, experts: readonly (readonly number[])[], where = ''): void {
-    const at = where ? ` (${where})` : '';
+    const at = where ? `${where}: ` : '';
     if (this.layers < 0) {
-      if (experts.length === 0) throw new UsageError(`token with no layers${at}`, 'each token needs "experts": [[ids of layer 0], ...]');
+      if (experts.length === 0) throw new UsageError(`${at}token with no layers`, 'each token needs "experts": [[ids of layer 0], ...]');
       this.layers = experts.length;
       this.k = experts[0]!.length;
-      if (this.k === 0) throw new UsageError(`token selects no experts${at}`, 'each layer needs at least one expert id');
+      if (this.k === 0) throw new UsageError(`${at}token selects no experts`, 'each layer needs at least one expert id');
     }
     if (experts.length !== this.layers) {
-      throw new UsageError(`token has ${experts.length} layers, earlier tokens have ${this.layers}${at}`, 'every token must list every MoE layer');
+      throw new UsageError(`${at}token has ${experts.length} layers, earlier tokens have ${this.layers}`, 'every token must list every MoE layer');
     }
     let s = this.bySeq.get(seq);
     if (!s) {
@@ -64,12 +64,12 @@ export class RoutingBuilder {
     for (let l = 0; l < this.layers; l++) {
       const sel = experts[l]!;
       if (sel.length !== this.k) {
-        throw new UsageError(`layer ${l} selects ${sel.length} experts, earlier selections have ${this.k}${at}`, 'every layer must select the same number of experts (k)');
+        throw new UsageError(`${at}layer ${l} selects ${sel.length} experts, earlier selections have ${this.k}`, 'every layer must select the same number of experts (k)');
       }
       for (let j = 0; j < this.k; j++) {
         const e = sel[j]!;
-        if (!Number.isInteger(e) || e < 0 || e > 0x7fffffff) throw new UsageError(`layer ${l} has a bad expert id ${JSON.stringify(e)}${at}`, 'expert ids are non-negative integers');
-        for (let i = 0; i < j; i++) if (sel[i] === e) throw new UsageError(`layer ${l} selects expert ${e} twice${at}`, 'a layer selects k distinct experts');
+        if (!Number.isInteger(e) || e < 0 || e > 0x7fffffff) throw new UsageError(`${at}layer ${l} has a bad expert id ${JSON.stringify(e)}`, 'expert ids are non-negative integers');
+        for (let i = 0; i < j; i++) if (sel[i] === e) throw new UsageError(`${at}layer ${l} selects expert ${e} twice`, 'a layer selects k distinct experts');
         if (e > this.maxId) this.maxId = e;
         s.ids[o++] = e;
       }
