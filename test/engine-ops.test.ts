@@ -193,6 +193,8 @@ test('one batch gives the same logits as token by token (every row, 1e-5)', asyn
     close(row, batch.subarray(i * VOCAB, (i + 1) * VOCAB), 1e-5);
   }
   assert.equal(seq.length, prompt.length);
+  const lastOnly = await model.newSequence().eval(prompt, { lastOnly: true });
+  close(lastOnly, batch.subarray((prompt.length - 1) * VOCAB), 1e-5);
   // a different history changes the last token's logits (attention is really used)
   const other = await model.newSequence().eval([99, ...prompt.slice(1)]);
   const last = (a: Float32Array) => a.subarray((prompt.length - 1) * VOCAB, prompt.length * VOCAB);

@@ -36,10 +36,8 @@ export interface GenerateResult {
 
 export async function generate(model: Model, prompt: readonly number[], o: GenerateOptions): Promise<GenerateResult> {
   const seq = model.newSequence();
-  const vocab = model.vocabSize;
   const t0 = performance.now();
-  const promptLogits = await seq.eval(prompt);
-  let row = promptLogits.subarray((prompt.length - 1) * vocab, prompt.length * vocab);
+  let row = await seq.eval(prompt, { lastOnly: true });
   const t1 = performance.now();
 
   const tokens: GeneratedToken[] = [];
@@ -60,7 +58,7 @@ export async function generate(model: Model, prompt: readonly number[], o: Gener
       stop = 'context';
       break;
     }
-    row = await seq.eval([id]);
+    row = await seq.eval([id], { lastOnly: true });
   }
   return { tokens, stop, promptTokens: prompt.length, promptMs: t1 - t0, decodeMs: performance.now() - t1 };
 }

@@ -34,14 +34,22 @@ export interface Model {
   close(): void;
 }
 
+export interface EvalOptions {
+  /**
+   * Return only the last token's logits (one row of vocabSize). Generation needs no more, and a long
+   * prompt on a large vocabulary would otherwise allocate prompt x vocab floats.
+   */
+  lastOnly?: boolean;
+}
+
 export interface Sequence {
   /** Tokens evaluated so far (the KV cache length). */
   readonly length: number;
   /**
-   * Appends `tokens` as one batch and returns their logits: tokens.length rows of vocabSize, row-major.
-   * The prompt goes through as one batch, not token by token.
+   * Appends `tokens` as one batch and returns their logits: tokens.length rows of vocabSize, row-major
+   * (only the last row with { lastOnly: true }). The prompt goes through as one batch, not token by token.
    */
-  eval(tokens: readonly number[]): Promise<Float32Array>;
+  eval(tokens: readonly number[], options?: EvalOptions): Promise<Float32Array>;
 }
 
 /** Hyper-parameters read from P.* metadata (P = the architecture prefix). */
@@ -98,6 +106,10 @@ export function readHyperParams(file: GGUFFile, arch: Architecture): HyperParams
   const nRot = getU32(file, `${P}.rope.dimension_count`) ?? headDim;
   if (nRot % 2 !== 0 || nRot > headDim) {
     throw new ModelError(`${P}.rope.dimension_count ${nRot} must be even and at most the head size ${headDim}`, CONVERT_HINT);
+  }
+  if (file.get(`${P}.expert_count`) === undefined && !file.tensors.has('blk.0.ffn_gate_exps.weight')) {
+    throw new UnsupportedError(`${file.path} is a dense ${P} model (no ${P}.expert_count, no expert tensors)`,
+      'moe-offload runs Mixture-of-Experts models only; use llama.cpp for dense models');
   }
   const nExpert = requireU32(file, `${P}.expert_count`);
   const nExpertUsed = requireU32(file, `${P}.expert_used_count`);
@@ -271,7 +283,7 @@ class ModelSequence implements Sequence {
 
   get length(): number { return this.n; }
 
-  async eval(tokens: readonly number[]): Promise<Float32Array> {
+  async eval(tokens: readonly number[], options: EvalOptions = {}): Promise<Float32Array> {
     const { hp, threads } = this.m;
     const n = tokens.length;
     if (n === 0) return new Float32Array(0);
@@ -302,8 +314,10 @@ class ModelSequence implements Sequence {
       });
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + ffn[i]!;
     }
-    rmsNorm(x, n, E, hp.eps, this.m.outputNorm, xn);
-    const logits = this.m.output.matmul(xn, n, threads);
+    const rows = options.lastOnly ? 1 : n;
+    const final = x.subarray((n - rows) * E);
+    rmsNorm(final, rows, E, hp.eps, this.m.outputNorm, xn);
+    const logits = this.m.output.matmul(xn, rows, threads);
     this.n += n;
     return logits;
   }
