@@ -81,6 +81,11 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
     const sampler = new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP, seed: o.seed });
     const decoder = tok.createDecoder();
     const stream = !o.json;
+    // `generate ... | head` closes the pipe early: stop quietly instead of dying on EPIPE.
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(0);
+      throw err;
+    });
     const result = await generate(model, prompt, {
       maxTokens: o.maxTokens,
       sampler,
