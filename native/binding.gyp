@@ -6,7 +6,8 @@
         "src/addon.cc",
         "src/quantize-act.cc",
         "src/kernels-portable.cc",
-        "src/kernels-avx2.cc"
+        "src/kernels-avx2.cc",
+        "src/io.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

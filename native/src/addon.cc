@@ -10,6 +10,10 @@
 #include "quantize-act.h"
 
 namespace moe {
+
+// io.cc: openFile, closeFile, readInto (positioned reads off the JS thread).
+void RegisterIo(Napi::Env env, Napi::Object exports);
+
 namespace {
 
 // Process-wide: 'portable' forces the plain C++ kernels (tests compare both paths).
@@ -163,6 +167,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures));
   exports.Set("setKernelPath", Napi::Function::New(env, SetKernelPath));
   exports.Set("sumBytes", Napi::Function::New(env, SumBytes));
+  RegisterIo(env, exports);
   return exports;
 }
 

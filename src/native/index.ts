@@ -6,18 +6,22 @@ import { MoeOffloadError } from '../model/errors.js';
 
 export interface CpuFeatures { avx2: boolean; fma: boolean; f16c: boolean; avx512: boolean }
 
-interface Addon {
+export interface Addon {
   matmul(type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, nTokens: number,
     out: Float32Array, threads: number): void;
   cpuFeatures(): CpuFeatures & { kernelPath: 'avx2' | 'portable' };
   setKernelPath(path: 'auto' | 'portable'): void;
   sumBytes(buf: Uint8Array): number;
+  // io.cc (wrapped by src/native/io.ts)
+  openFile(path: string, direct: boolean): number;
+  closeFile(fd: number): void;
+  readInto(fd: number, position: number, dst: Uint8Array): Promise<number>;
 }
 
 let addon: Addon | undefined;
 
 /** Loads the addon on first use, so that code paths that never compute do not need it built. */
-function native(): Addon {
+export function native(): Addon {
   if (addon) return addon;
   // dist/src/native/index.js -> native/build/Release/moe_native.node
   const path = fileURLToPath(new URL('../../../native/build/Release/moe_native.node', import.meta.url));
