@@ -154,6 +154,14 @@ export function registerInspectCommand(program: Command): void {
     .description('Show what a GGUF model file holds: architecture, hyper-parameters, tokenizer, tensor types, expert sizes')
     .requiredOption('--model <file>', 'GGUF model file')
     .option('--json', 'print one JSON object instead of a table')
+    .addHelpText('after', `
+Reads only the file's header, so it is instant even on a 100 GB model. "one expert" is the bytes of
+one expert's gate, up and down matrices in one layer: the unit the RAM cache holds and reads from disk;
+"expert tensors" is what offloading keeps out of memory, "other tensors" what always stays resident.
+
+Examples:
+  $ moe-offload inspect --model fixtures/olmoe-q4_k.gguf
+  $ moe-offload inspect --model ~/models/OLMoE-1B-7B-0924-Q4_K_M.gguf --json`)
     .action(runCommand((opts: InspectOptions) => {
       const f = GGUFFile.open(opts.model);
       try {

@@ -47,6 +47,15 @@ export function registerTokenizeCommand(program: Command): void {
     .option('--json', 'print {"ids": [...], "tokens": [{"id", "text"}]} instead of lines')
     .option('--no-special', 'do not add BOS/EOS even where the model asks for them')
     .option('--no-parse-special', 'treat special-token text such as <|im_start|> as plain text')
+    .addHelpText('after', `
+Ids are what the model sees: use this to check a prompt template, count tokens, or compare with
+llama.cpp's llama-tokenize. Special-token text (<|im_start|>, <s>) becomes one control token unless
+--no-parse-special is given; BOS/EOS are added where the file's add_bos/add_eos say so.
+
+Examples:
+  $ moe-offload tokenize --model fixtures/qwen3moe-q8_0.gguf --text "Hello, world"
+  $ moe-offload tokenize --model fixtures/qwen3moe-q8_0.gguf --text "<|im_start|>user" --json
+  $ moe-offload tokenize --model fixtures/llama-q4_0.gguf --text "<s>raw" --no-parse-special --no-special`)
     .action(runCommand((opts: TokenizeOptions) => {
       const f = GGUFFile.open(opts.model);
       let tok: GGUFTokenizer;
