@@ -146,3 +146,22 @@ test('model-level baselines use one shared cache of C x layers over pooled ids',
   assert.deepEqual([s.cold, s.accesses], [3, 8]);
   assert.deepEqual(expertUsage(r), [[2, 2], [4, 0]]);
 });
+
+test('LRU reuse distances give the cold LRU hit rate of every cache size', async () => {
+  const { lruReuse, lruHitRateFromReuse } = await import('../src/trace/metrics.js');
+  let x = 99;
+  const rnd = () => ((x = (x * 1103515245 + 12345) >>> 0) >>> 16) % 6;
+  const r = routingFromArrays([0, 1].map(() => Array.from({ length: 80 }, () => [[rnd()], [rnd()]])), 6);
+  const reuse = lruReuse(r);
+  for (let C = 1; C <= 6; C++) {
+    const h = policyHitRates(r, 'lru', C);
+    close(lruHitRateFromReuse(reuse.layers[0]!, C), h.cold.layers[0]!, `layer 0 C=${C}`);
+    close(lruHitRateFromReuse(reuse.layers[1]!, C), h.cold.layers[1]!, `layer 1 C=${C}`);
+    close(lruHitRateFromReuse(reuse.model, 2 * C), h.cold.model, `shared C=${C}`);
+  }
+  // Hand case: 0 1 0 2 1 -> distances: -, -, 1, -, 2. Cache 2 hits only the 0 (d = 1 < 2).
+  const hand = lruReuse(oneLayer([0, 1, 0, 2, 1]));
+  assert.equal(hand.model.firstUses, 3);
+  close(lruHitRateFromReuse(hand.model, 2), 1 / 5, 'hand');
+  close(lruHitRateFromReuse(hand.model, 3), 2 / 5, 'hand 3');
+});

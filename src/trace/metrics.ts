@@ -559,3 +559,64 @@ export function expertUsage(r: RoutingData): number[][] {
   }
   return counts;
 }
+
+/**
+ * LRU reuse distances (cold counting): hist[d] = accesses whose previous use of the same expert in the
+ * sequence was d distinct other experts ago; first uses are counted in `firstUses`. LRU is a stack
+ * algorithm, so a cache of `cap` hits exactly the accesses with d < cap: one pass gives every size.
+ */
+export interface ReuseHistogram {
+  hist: Float64Array;
+  firstUses: number;
+  accesses: number;
+}
+
+function reuseHistogram(streams: readonly AccessStream[], idSpace: number): ReuseHistogram {
+  const hist = new Float64Array(idSpace);
+  const last = new Int32Array(idSpace);
+  let firstUses = 0;
+  let accesses = 0;
+  for (const s of streams) {
+    const n = s.tokens * s.width;
+    // Fenwick tree over positions: 1 where a position is the latest use of its expert.
+    const tree = new Int32Array(n + 1);
+    const add = (i: number, d: number) => {
+      for (i++; i <= n; i += i & -i) tree[i]! += d;
+    };
+    const prefix = (i: number) => {
+      let sum = 0;
+      for (i++; i > 0; i -= i & -i) sum += tree[i]!;
+      return sum;
+    };
+    last.fill(-1);
+    for (let i = 0; i < n; i++) {
+      const e = s.ids[i]!;
+      const p = last[e]!;
+      if (p < 0) firstUses++;
+      else {
+        hist[prefix(i - 1) - prefix(p)]!++;
+        add(p, -1);
+      }
+      add(i, 1);
+      last[e] = i;
+    }
+    accesses += n;
+  }
+  return { hist, firstUses, accesses };
+}
+
+/** Cold LRU hit rate of a cache of `cap` entries from a reuse histogram. */
+export function lruHitRateFromReuse(h: ReuseHistogram, cap: number): number {
+  let hits = 0;
+  for (let d = 0; d < Math.min(cap, h.hist.length); d++) hits += h.hist[d]!;
+  return hits / h.accesses;
+}
+
+/** Reuse histograms per layer (ids of one layer) and for the shared pooled cache ("model"). */
+export function lruReuse(r: RoutingData): { layers: ReuseHistogram[]; model: ReuseHistogram } {
+  const v = views(r);
+  return {
+    layers: v.perLayer.map((streams) => reuseHistogram(streams, r.experts)),
+    model: reuseHistogram(v.pooled, r.layers * r.experts),
+  };
+}

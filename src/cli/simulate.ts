@@ -1,0 +1,73 @@
+// `moe-offload simulate --trace T --ram-cache SIZE --policy lru|lfu|belady`: replay a routing trace
+// against one RAM cache shared by all layers; hit rates and the expert bytes the misses would read.
+import type { Command } from 'commander';
+import { runCommand } from './run-command.js';
+import { UsageError } from '../model/errors.js';
+import { formatBytes } from '../model/bytes.js';
+import { parseSize, SIZE_FORMS } from '../experts/size.js';
+import { CACHE_POLICIES, type CachePolicy } from '../trace/metrics.js';
+import { simulateTrace } from '../trace/simulate.js';
+import { loadTraceForCli, parseExpertBytes, parsePositiveInt } from './report.js';
+
+interface SimulateOptions {
+  trace: string;
+  ramCache?: string;
+  cacheExperts?: string;
+  policy: string;
+  experts?: string;
+  expertBytes?: string;
+  json?: boolean;
+  progress?: boolean;
+}
+
+export function registerSimulateCommand(program: Command): void {
+  program
+    .command('simulate')
+    .description('Replay a routing trace against a RAM cache: hit rate and bytes read')
+    .requiredOption('--trace <file>', 'routing trace: ours (generate --trace) or the import layout; .gz or plain')
+    .option('--ram-cache <size>', `RAM cache size, as for generate: ${SIZE_FORMS}`)
+    .option('--cache-experts <n>', 'RAM cache size in experts per layer (the cache holds n x layers experts) instead of bytes')
+    .option('--policy <policy>', 'replacement policy: lru (the live cache), lfu, or belady (offline optimum)', 'lru')
+    .option('--experts <n>', 'experts per layer (default: the trace header, else the largest id + 1)')
+    .option('--expert-bytes <size>', 'bytes of one expert (default: the trace header); needed for --ram-cache')
+    .option('--json', 'print the result as JSON')
+    .option('--progress', 'show a progress bar while reading even when stderr is not a terminal')
+    .action(runCommand(async (opts: SimulateOptions) => {
+      const policy = opts.policy.toLowerCase() as CachePolicy;
+      if (!CACHE_POLICIES.includes(policy)) throw new UsageError(`unknown --policy '${opts.policy}'`, `give one of ${CACHE_POLICIES.join(', ')}`);
+      if ((opts.ramCache === undefined) === (opts.cacheExperts === undefined)) {
+        throw new UsageError('give exactly one of --ram-cache SIZE and --cache-experts N', 'e.g. --ram-cache 4GiB, --ram-cache 25% or --cache-experts 16');
+      }
+      const perLayer = opts.cacheExperts !== undefined ? parsePositiveInt(opts.cacheExperts, '--cache-experts') : undefined;
+      const experts = opts.experts !== undefined ? parsePositiveInt(opts.experts, '--experts') : undefined;
+      const givenBytes = parseExpertBytes(opts.expertBytes);
+      const t = await loadTraceForCli(opts.trace, experts, opts.progress);
+      const r = t.routing;
+      const expertBytes = givenBytes ?? t.header?.expert_bytes ?? null;
+      let capacity: number;
+      let budgetBytes: number | null = null;
+      if (perLayer !== undefined) capacity = perLayer * r.layers;
+      else {
+        if (expertBytes === null) {
+          throw new UsageError(`--ram-cache ${opts.ramCache} needs the size of an expert, which this trace does not record`, 'give --expert-bytes B, or --cache-experts N');
+        }
+        budgetBytes = parseSize(opts.ramCache!, { totalBytes: r.layers * r.experts * expertBytes, what: '--ram-cache' });
+        capacity = Math.floor(budgetBytes / expertBytes);
+        if (capacity < 1) throw new UsageError(`--ram-cache ${opts.ramCache} holds no expert (${formatBytes(expertBytes)} each)`, 'give a larger size');
+      }
+      capacity = Math.min(capacity, r.layers * r.experts);
+      const res = simulateTrace(r, policy, capacity, expertBytes);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ trace: opts.trace, budgetBytes, expertBytes, ...res })}\n`);
+        return;
+      }
+      const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+      const lines = [
+        `trace ${opts.trace}: ${r.sequences.length} sequences, ${res.accesses / (r.layers * r.k)} tokens, ${r.layers} layers x ${r.experts} experts, top-${r.k}`,
+        `cache: ${capacity} experts shared by all layers (${(capacity / r.layers).toFixed(1)} per layer)${budgetBytes !== null ? `, budget ${formatBytes(budgetBytes)}` : ''}; policy ${policy}; each sequence starts empty`,
+        `hit rate: ${pct(res.hitRate.cold)} cold (cache starts empty, as a real run), ${pct(res.hitRate.warm)} warm (first uses excused while the cache has room)`,
+        `misses: ${res.misses} of ${res.accesses} expert lookups${res.bytesRead !== null ? `; bytes read: ${formatBytes(res.bytesRead)}` : ' (give --expert-bytes for bytes read)'}`,
+      ];
+      process.stdout.write(`${lines.join('\n')}\n`);
+    }));
+}
