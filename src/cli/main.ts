@@ -3,6 +3,8 @@ import { Command } from 'commander';
 import { registerInspectCommand } from './inspect.js';
 import { registerTokenizeCommand } from './tokenize.js';
 import { registerGenerateCommand } from './generate.js';
+import { registerReportCommand } from './report.js';
+import { registerSimulateCommand } from './simulate.js';
 
 const program = new Command();
 program
@@ -16,5 +18,7 @@ program
 registerGenerateCommand(program);
 registerTokenizeCommand(program);
 registerInspectCommand(program);
+registerReportCommand(program);
+registerSimulateCommand(program);
 
 await program.parseAsync(process.argv);
