@@ -1,0 +1,29 @@
+// One expert's feed-forward block on raw weight bytes: down · (silu(gate · x) * (up · x)). The single
+// definition of that arithmetic, used by the engine's resident path and by the pool's workers, so an
+// expert computed in a worker gives bit-identical results to one computed on the main thread.
+import { matmul } from '../native/index.js';
+import type { GGMLType } from '../model/ggml-types.js';
+
+/** A matrix as stored in the file: `rows` rows of `cols` values of `type`, rows contiguous in `data`. */
+export interface MatrixBytes {
+  readonly type: GGMLType;
+  readonly rows: number;
+  readonly cols: number;
+  readonly data: Uint8Array;
+}
+
+export function silu(z: number): number {
+  return z / (1 + Math.exp(-z));
+}
+
+/** down · (silu(gate · x) * (up · x)) for nTokens rows of x (gate.cols values each). Returns nTokens rows of down.rows. */
+export function expertFfnBytes(gate: MatrixBytes, up: MatrixBytes, down: MatrixBytes, x: Float32Array, nTokens: number, threads: number): Float32Array {
+  const g = new Float32Array(nTokens * gate.rows);
+  const u = new Float32Array(nTokens * up.rows);
+  matmul(gate.type, gate.data, gate.rows, gate.cols, x, nTokens, g, threads);
+  matmul(up.type, up.data, up.rows, up.cols, x, nTokens, u, threads);
+  for (let i = 0; i < g.length; i++) g[i] = silu(g[i]!) * u[i]!;
+  const y = new Float32Array(nTokens * down.rows);
+  matmul(down.type, down.data, down.rows, down.cols, g, nTokens, y, threads);
+  return y;
+}

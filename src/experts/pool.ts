@@ -1,0 +1,80 @@
+// The CPU expert pool: `threads` piscina workers, each computing one expert's FFN at a time from the
+// shared slab (worker.ts). A task that fails (its worker died, or threw) is retried once on a fresh
+// or another worker; a second failure is a MoeOffloadError. piscina replaces dead workers itself.
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { MoeOffloadError } from '../model/errors.js';
+import type { ExpertResult, ExpertTask } from './worker.js';
+
+export type { ExpertResult, ExpertTask, MatrixInSlab } from './worker.js';
+
+export interface ExpertPoolOptions {
+  /** Worker threads (default 1). */
+  threads?: number;
+}
+
+export class ExpertPool {
+  readonly threads: number;
+  /** Failed attempts that were retried (for stats and tests). */
+  retries = 0;
+  private readonly piscina: Piscina<ExpertTask, ExpertResult>;
+  private faults: ('exit' | 'throw')[] = [];
+  private closed = false;
+
+  constructor(opts: ExpertPoolOptions = {}) {
+    this.threads = Math.max(1, Math.floor(opts.threads ?? 1));
+    this.piscina = new Piscina<ExpertTask, ExpertResult>({
+      // dist/src/experts/pool.js -> dist/src/experts/worker.js
+      filename: fileURLToPath(new URL('./worker.js', import.meta.url)),
+      minThreads: this.threads,
+      maxThreads: this.threads,
+      idleTimeout: 60_000,
+      // Workers must not keep their own event loops busy-waiting (Atomics.wait) on a 2-core machine.
+      atomics: 'disabled',
+    });
+  }
+
+  /**
+   * Computes one expert's FFN. `what` names the task in errors (e.g. 'layer 3 expert 12').
+   * x is not transferred (it is usually on a SharedArrayBuffer), so a retry can reuse it.
+   */
+  async run(task: ExpertTask, what = 'an expert'): Promise<ExpertResult> {
+    if (this.closed) throw new MoeOffloadError(`the expert worker pool is closed (computing ${what})`);
+    try {
+      return await this.piscina.run(this.withFault(task));
+    } catch (first) {
+      if (this.closed) throw first;
+      this.retries++;
+      try {
+        return await this.piscina.run(this.withFault(task));
+      } catch (second) {
+        throw new MoeOffloadError(
+          `an expert worker failed twice computing ${what}: ${messageOf(second)} (first attempt: ${messageOf(first)})`,
+          'the machine may be out of memory; try fewer --threads or a smaller --ram-cache');
+      }
+    }
+  }
+
+  /** Tests only: the next `count` task attempts (retries included) fail the given way. */
+  injectFaults(count: number, kind: 'exit' | 'throw'): void {
+    for (let i = 0; i < count; i++) this.faults.push(kind);
+  }
+
+  /** Workers alive now. */
+  get workerCount(): number { return this.piscina.threads.length; }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.piscina.destroy();
+  }
+
+  private withFault(task: ExpertTask): ExpertTask {
+    const fault = this.faults.shift();
+    return fault ? { ...task, fault } : task;
+  }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

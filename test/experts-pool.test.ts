@@ -1,0 +1,142 @@
+// The expert worker pool: a worker's FFN equals the main thread's bit for bit (and a plain f64
+// reference within tolerance), experts run in parallel, crashes are retried once and then reported.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { ExpertPool, type MatrixInSlab } from '../src/experts/pool.js';
+import { expertFfnBytes, type MatrixBytes } from '../src/experts/ffn.js';
+import { GGMLType } from '../src/model/ggml-types.js';
+import { quantize, dequantizeRows } from '../src/model/quant/index.js';
+import { MoeOffloadError } from '../src/model/errors.js';
+import { Weight } from '../src/engine/weights.js';
+import { expertFfn } from '../src/engine/moe-layer.js';
+
+const N_EMBD = 64;
+const N_FF = 96;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
+  };
+}
+
+/** One expert's three matrices (quantized) laid into a SharedArrayBuffer at 64-byte aligned offsets. */
+function makeExpert(type: GGMLType, seed: number) {
+  const r = rng(seed);
+  const mk = (rows: number, cols: number) => quantize(type, Float32Array.from({ length: rows * cols }, () => r() * 0.5));
+  const parts = { gate: { bytes: mk(N_FF, N_EMBD), rows: N_FF, cols: N_EMBD }, up: { bytes: mk(N_FF, N_EMBD), rows: N_FF, cols: N_EMBD }, down: { bytes: mk(N_EMBD, N_FF), rows: N_EMBD, cols: N_FF } };
+  let at = 128; // not at the start of the slab, like a real slot
+  const place: Record<string, MatrixInSlab> = {};
+  for (const [k, p] of Object.entries(parts)) {
+    place[k] = { offset: at, byteLength: p.bytes.byteLength, type, rows: p.rows, cols: p.cols };
+    at += Math.ceil(p.bytes.byteLength / 64) * 64;
+  }
+  const slab = new SharedArrayBuffer(at);
+  for (const [k, p] of Object.entries(parts)) new Uint8Array(slab, place[k]!.offset).set(p.bytes);
+  const bytesOf = (m: MatrixInSlab): MatrixBytes => ({ type, rows: m.rows, cols: m.cols, data: new Uint8Array(slab, m.offset, m.byteLength) });
+  return { slab, gate: place.gate!, up: place.up!, down: place.down!, bytesOf };
+}
+
+function sharedX(nTokens: number, seed: number): Float32Array {
+  const r = rng(seed);
+  const x = new Float32Array(new SharedArrayBuffer(nTokens * N_EMBD * 4));
+  for (let i = 0; i < x.length; i++) x[i] = r() * 2;
+  return x;
+}
+
+const pool = new ExpertPool({ threads: 2 });
+after(() => pool.close());
+
+for (const type of [GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.F32]) {
+  test(`worker FFN is bit-identical to the main thread's (${GGMLType[type]}), with and without row selection`, async () => {
+    const e = makeExpert(type, 1000 + type);
+    const x = sharedX(7, 5);
+    const main = expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 7, 1);
+    // The engine's resident-path function on Weight objects gives the same bits.
+    const w = (m: MatrixInSlab) => new Weight(type, m.rows, m.cols, new Uint8Array(e.slab, m.offset, m.byteLength));
+    assert.deepEqual(expertFfn(w(e.gate), w(e.up), w(e.down), x, 7, 1), main);
+    const { y, computeMs } = await pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, nTokens: 7 });
+    assert.deepEqual(y, main);
+    assert.ok(computeMs >= 0);
+    // rows 5, 0, 3 of x: must equal the main thread's result on those rows gathered
+    const rows = Int32Array.from([5, 0, 3]);
+    const picked = await pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, rows, nTokens: 3 });
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(picked.y.subarray(i * N_EMBD, (i + 1) * N_EMBD), main.subarray(rows[i]! * N_EMBD, (rows[i]! + 1) * N_EMBD));
+    }
+  });
+}
+
+test('worker FFN agrees with a plain f64 reference on dequantized weights', async () => {
+  const e = makeExpert(GGMLType.Q8_0, 77);
+  const x = sharedX(2, 9);
+  const { y } = await pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, nTokens: 2 });
+  const deq = (m: MatrixInSlab) => dequantizeRows(m.type, new Uint8Array(e.slab, m.offset, m.byteLength), m.rows, m.cols);
+  const [G, U, D] = [deq(e.gate), deq(e.up), deq(e.down)];
+  for (let t = 0; t < 2; t++) {
+    const h = new Float64Array(N_FF);
+    for (let r = 0; r < N_FF; r++) {
+      let g = 0, u = 0;
+      for (let c = 0; c < N_EMBD; c++) { g += G[r * N_EMBD + c]! * x[t * N_EMBD + c]!; u += U[r * N_EMBD + c]! * x[t * N_EMBD + c]!; }
+      h[r] = (g / (1 + Math.exp(-g))) * u;
+    }
+    let maxAbs = 0, maxErr = 0;
+    for (let r = 0; r < N_EMBD; r++) {
+      let s = 0;
+      for (let c = 0; c < N_FF; c++) s += D[r * N_FF + c]! * h[c]!;
+      maxAbs = Math.max(maxAbs, Math.abs(s));
+      maxErr = Math.max(maxErr, Math.abs(s - y[t * N_EMBD + r]!));
+    }
+    // The kernels round x and the hidden h to Q8_0 (8 bits per 32-value block, each value off by up to
+    // 1/254 of its block's max), two roundings compounded over 64-96 terms: allow 3% of the output scale.
+    // (Swapping gate and up, or dropping silu, is off by far more.)
+    assert.ok(maxErr <= 3e-2 * maxAbs, `max error ${maxErr} vs scale ${maxAbs}`);
+  }
+});
+
+test('many experts in parallel: every result matches its own main-thread result', async () => {
+  const experts = Array.from({ length: 8 }, (_, i) => makeExpert(GGMLType.Q4_0, 200 + i));
+  const x = sharedX(4, 11);
+  const results = await Promise.all(experts.map((e, i) => pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, nTokens: 4 }, `expert ${i}`)));
+  results.forEach((r, i) => {
+    const e = experts[i]!;
+    assert.deepEqual(r.y, expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 4, 1));
+  });
+});
+
+for (const kind of ['exit', 'throw'] as const) {
+  test(`a worker that fails mid-task (${kind}) is retried once and the result is right`, async () => {
+    const e = makeExpert(GGMLType.Q4_0, 300);
+    const x = sharedX(3, 12);
+    const before = pool.retries;
+    pool.injectFaults(1, kind);
+    const { y } = await pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, nTokens: 3 });
+    assert.equal(pool.retries, before + 1);
+    assert.deepEqual(y, expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 3, 1));
+  });
+
+  test(`a task that fails twice (${kind}) is a clear MoeOffloadError, and the pool still works after`, async () => {
+    const e = makeExpert(GGMLType.Q4_0, 301);
+    const x = sharedX(1, 13);
+    pool.injectFaults(2, kind);
+    await assert.rejects(pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, nTokens: 1 }, 'layer 2 expert 5'), (err: Error) => {
+      assert.ok(err instanceof MoeOffloadError);
+      assert.match(err.message, /failed twice computing layer 2 expert 5/);
+      assert.match(err.message, kind === 'exit' ? /exited/ : /injected worker fault/);
+      return true;
+    });
+    const { y } = await pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, nTokens: 1 });
+    assert.deepEqual(y, expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 1, 1));
+  });
+}
+
+test('a closed pool rejects new tasks', async () => {
+  const p = new ExpertPool({ threads: 1 });
+  await p.close();
+  const e = makeExpert(GGMLType.Q4_0, 400);
+  await assert.rejects(p.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x: sharedX(1, 1), nTokens: 1 }), /closed/);
+});
