@@ -1,0 +1,101 @@
+// `moe-offload report` end to end: the real launcher on small traces written here.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TraceWriter } from '../src/trace/format.js';
+
+const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'report-cli-test-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+
+function cli(...args: string[]) {
+  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/moe-offload.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+// The metrics.md worked example in the import layout: SRP(2) model 0.784314, SCH(1, C=2) layers
+// 0.5 / 0.583333, model 0.541667.
+const worked = join(dir, 'worked.jsonl');
+const l0 = [[0, 1], [0, 1], [0, 2], [3, 1], [0, 1], [2, 3]];
+const l1 = [[2, 3], [2, 3], [2, 3], [1, 0], [2, 3], [2, 0]];
+writeFileSync(worked, l0.map((s, pos) => JSON.stringify({ seq: 0, pos, experts: [s, l1[pos]] })).join('\n') + '\n');
+
+test('--json: the SRP/SCH shape of the issue, with the worked example values', () => {
+  const r = cli('report', '--trace', worked, '--segments', '2,1', '--cache-sizes', '2,1', '--json');
+  assert.equal(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.ok(Math.abs(j.srp['2'].model - 0.784314) < 1e-6);
+  assert.equal(j.srp['2'].layers.length, 2);
+  assert.ok(Math.abs(j.sch['1']['2'].layers[0] - 0.5) < 1e-6);
+  assert.ok(Math.abs(j.sch['1']['2'].layers[1] - 0.583333) < 1e-6);
+  assert.ok(Math.abs(j.sch['1']['2'].model - 0.541667) < 1e-6);
+  assert.deepEqual(j.segments, [1, 2]);
+  for (const p of ['lru', 'lfu', 'belady']) {
+    assert.ok(j.policies[p]['2'].cold.model <= j.policies[p]['2'].warm.model);
+  }
+  assert.equal(j.recommendation.policy, 'lru');
+  assert.equal(j.recommendation.counting, 'cold');
+});
+
+test('recommendation: smallest shared LRU cache reaching the target, in experts and bytes', () => {
+  // One layer, k = 1, sequence 0 1 0 1 0 1 0 1: LRU cold with 2 entries hits 6/8 = 0.75, with 1 entry 0.
+  const p = join(dir, 'alt.jsonl');
+  writeFileSync(p, [0, 1, 0, 1, 0, 1, 0, 1].map((e, pos) => JSON.stringify({ seq: 0, pos, experts: [[e]] })).join('\n'));
+  let j = JSON.parse(cli('report', '--trace', p, '--json', '--target-hit-rate', '0.7', '--expert-bytes', '1MiB').out);
+  assert.deepEqual([j.recommendation.experts, j.recommendation.bytes], [2, 2 * 2 ** 20]);
+  j = JSON.parse(cli('report', '--trace', p, '--json', '--target-hit-rate', '0.8').out);
+  assert.equal(j.recommendation.experts, null);
+  assert.equal(j.recommendation.hitRate, 0.75);
+  const text = cli('report', '--trace', p, '--target-hit-rate', '0.7');
+  assert.equal(text.code, 0, text.err);
+  assert.match(text.out, /SRP\(m\)/);
+  assert.match(text.out, /LRU cold/);
+  assert.match(text.out, /Recommendation: .*2 experts/);
+});
+
+test('our trace format with tiers: header used, per-tier share in the text and the HTML page', () => {
+  const p = join(dir, 'run.trace.gz');
+  const w = TraceWriter.create(p, { model: 'tiny-moe', architecture: 'qwen3moe', layers: 2, experts: 4, k: 2, shared_experts: 0, prompt_ids: [1], expert_bytes: 1000 });
+  for (let pos = 0; pos < 40; pos++) {
+    w.token({ seq: 0, pos, experts: [[pos % 4, (pos + 1) % 4], [0, 1]], tier: [['ram', 'disk'], ['gpu', 'gpu']], stall_us: [[0, 50], [0, 0]] });
+  }
+  w.close();
+  const html = join(dir, 'page.html');
+  const r = cli('report', '--trace', p, '--html', html);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /tiny-moe \(qwen3moe\)/);
+  assert.match(r.out, /gpu 50\.0%.*ram 25\.0%.*disk 25\.0% \(stall 2\.0 ms\)/);
+  const page = readFileSync(html, 'utf8');
+  assert.match(page, /^<!doctype html>/);
+  assert.ok(!/https?:\/\//.test(page.replace('http://www.w3.org/2000/svg', '')), 'no network references');
+  assert.ok(!/<script/i.test(page));
+  for (const want of ['SCH(4, C) per layer', 'SRP(m) per layer', 'Served from, per layer', 'Expert usage per layer', 'Recommendation']) assert.ok(page.includes(want), want);
+  // expert_bytes from the header prices the recommendation.
+  assert.match(page, /bytes\)/);
+});
+
+test('bad input: one line on stderr, exit 2', () => {
+  const bad = join(dir, 'bad.jsonl');
+  writeFileSync(bad, '{"seq":0,"pos":0,"experts":[[0,1]]}\n{"seq":0,"pos":1,"experts":[[0]]}\n');
+  const cases: [string[], RegExp][] = [
+    [['report', '--trace', join(dir, 'missing.jsonl')], /cannot read trace/],
+    [['report', '--trace', bad], /bad\.jsonl:2: layer 0 selects 1 experts/],
+    [['report', '--trace', worked, '--segments', '4,x'], /bad --segments/],
+    [['report', '--trace', worked, '--cache-sizes', '9'], /more than the 4 experts/],
+    [['report', '--trace', worked, '--target-hit-rate', '1.5'], /--target-hit-rate/],
+    [['report', '--trace', worked, '--experts', '0'], /--experts/],
+    [['report', '--trace', worked, '--expert-bytes', 'lots'], /--expert-bytes/],
+  ];
+  for (const [args, re] of cases) {
+    const r = cli(...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+    assert.match(r.err, re);
+    assert.equal(r.err.trim().split('\n').length, 1, r.err);
+    assert.ok(!/\n\s+at /.test(r.err));
+  }
+  assert.ok(!existsSync(join(dir, 'never.html')));
+});
