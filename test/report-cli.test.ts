@@ -99,3 +99,17 @@ test('bad input: one line on stderr, exit 2', () => {
   }
   assert.ok(!existsSync(join(dir, 'never.html')));
 });
+
+// Renders the page in headless Chromium (Debian's `chromium`) when it is installed; skipped otherwise.
+const chromium = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
+test('the HTML page renders in headless Chromium', { skip: !chromium && 'chromium not installed' }, () => {
+  const html = join(dir, 'render.html');
+  assert.equal(cli('report', '--trace', worked, '--segments', '1,2', '--html', html).code, 0);
+  const png = join(dir, 'render.png');
+  const r = spawnSync(chromium!, ['--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', '--window-size=1000,1600', `--screenshot=${png}`, `file://${html}`], { encoding: 'utf8', timeout: 60_000 });
+  assert.ok(existsSync(png), `no screenshot: ${r.stderr}`);
+  const img = readFileSync(png);
+  assert.deepEqual([...img.subarray(1, 4)], [0x50, 0x4e, 0x47]); // PNG
+  // A blank page compresses to a few KB; plots and the heatmap make it much larger.
+  assert.ok(img.length > 20_000, `screenshot only ${img.length} bytes`);
+});

@@ -35,9 +35,15 @@ function lineChart(title: string, xs: number[], series: Series[], xLabel: string
     const y = i / 4;
     parts.push(`<line x1="${left}" x2="${W - right}" y1="${py(y)}" y2="${py(y)}" class="grid"/><text x="${left - 6}" y="${py(y) + 4}" class="tick" text-anchor="end">${y.toFixed(2)}</text>`);
   }
-  for (const x of xs) parts.push(`<text x="${px(x)}" y="${H - bottom + 16}" class="tick" text-anchor="middle">${x}</text>`);
+  const every = Math.ceil(xs.length / 12);
+  xs.forEach((x, i) => {
+    if (i % every === 0 ? xs.length - 1 - i >= every / 2 || i === xs.length - 1 : i === xs.length - 1) parts.push(`<text x="${px(x)}" y="${H - bottom + 16}" class="tick" text-anchor="middle">${x}</text>`);
+  });
   parts.push(`<text x="${W / 2}" y="${H - 6}" class="axis">${esc(xLabel)}</text>`);
   parts.push(`<text x="12" y="${H / 2}" class="axis" transform="rotate(-90 12 ${H / 2})">${esc(yLabel)}</text>`);
+  // A legend when several series are drawn strong (e.g. one per cache size).
+  const strong = series.filter((s) => s.strong);
+  if (strong.length > 1) strong.forEach((s, i) => parts.push(`<rect x="${left + 8 + i * 70}" y="${py(0) - 16}" width="10" height="10" fill="${s.color}"/><text x="${left + 22 + i * 70}" y="${py(0) - 7}" class="tick">${esc(s.name)}</text>`));
   const ordered = [...series.filter((s) => !s.strong), ...series.filter((s) => s.strong)];
   for (const s of ordered) {
     const pts = xs.map((x, i) => [x, s.ys[i]!] as const).filter(([, y]) => Number.isFinite(y));
