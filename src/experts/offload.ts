@@ -1,0 +1,97 @@
+// Offloading, assembled: the model file opened for positioned reads, the RAM cache with its budget, the
+// reader that fills it, the worker pool and the dispatcher. The engine sees one ExpertRunner.
+import { PositionedFile } from '../native/io.js';
+import { UsageError } from '../model/errors.js';
+import { ExpertDispatcher, type ExpertJob, type ExpertRunner } from './dispatcher.js';
+import { HostCache, minimumBudget, slotLayout } from './host-cache.js';
+import type { ExpertLocator } from './locator.js';
+import { ExpertPool } from './pool.js';
+import { ExpertReader } from './reader.js';
+import { defaultRamCacheBytes, formatBytes, parseSize } from './size.js';
+import { ExpertStats, type ExpertStatsSnapshot } from './stats.js';
+
+export interface OffloadOptions {
+  /**
+   * RAM cache budget: bytes, or text for parseSize ('512MiB', '25%' of all experts as cached). Default:
+   * defaultRamCacheBytes() minus the resident weights, capped at what all experts take in the cache.
+   */
+  ramCache?: number | string;
+  /** O_DIRECT reads (no second copy in the page cache). */
+  directIo?: boolean;
+  /** Worker threads computing experts (default 1). */
+  threads?: number;
+}
+
+/** Bytes all experts take in the cache: every (layer, expert) in a slot (matrices padded to 64 bytes). */
+export function cachedExpertBytes(locator: ExpertLocator, slotBytes: number): number {
+  let n = 0;
+  for (let l = 0; l < locator.layers; l++) if (locator.hasExperts(l)) n += locator.expertCount;
+  return n * slotBytes;
+}
+
+/** Bytes of every tensor that stays resident (dense weights, router, shared experts). */
+export function residentBytes(locator: ExpertLocator): number {
+  return locator.residentTensors().reduce((s, t) => s + t.byteLength, 0);
+}
+
+/** The budget in bytes for `ramCache` (see OffloadOptions.ramCache). */
+export function resolveRamCache(ramCache: number | string | undefined, locator: ExpertLocator, slotBytes: number): number {
+  const all = cachedExpertBytes(locator, slotBytes);
+  if (ramCache === undefined) {
+    return Math.min(all, Math.max(0, defaultRamCacheBytes() - residentBytes(locator)));
+  }
+  const bytes = typeof ramCache === 'number' ? ramCache : parseSize(ramCache, { totalBytes: all, what: '--ram-cache' });
+  return Math.min(bytes, all); // more than everything buys nothing
+}
+
+/** Slot size HostCache will use for this model (the largest padded expert), without allocating anything. */
+export function slotBytesOf(locator: ExpertLocator): number {
+  let max = 0;
+  for (let l = 0; l < locator.layers; l++) if (locator.hasExperts(l)) max = Math.max(max, slotLayout(locator.expertRange(l, 0)).slotBytes);
+  return max;
+}
+
+export class ExpertOffload implements ExpertRunner {
+  readonly cache: HostCache;
+  readonly pool: ExpertPool;
+  readonly budgetBytes: number;
+  private readonly file: PositionedFile;
+  private readonly dispatcher: ExpertDispatcher;
+  private readonly statsKeeper: ExpertStats;
+  private closed = false;
+
+  constructor(path: string, locator: ExpertLocator, opts: OffloadOptions = {}) {
+    const slotBytes = slotBytesOf(locator);
+    this.budgetBytes = resolveRamCache(opts.ramCache, locator, slotBytes);
+    const k = Math.max(1, locator.expertUsedCount);
+    if (this.budgetBytes < minimumBudget(slotBytes, k) && opts.ramCache === undefined) {
+      const min = minimumBudget(slotBytes, k);
+      throw new UsageError(`not enough free memory for the RAM expert cache: about ${formatBytes(this.budgetBytes)} is available, one layer's ${k} experts need ${formatBytes(min)}`,
+        `free some memory or give --ram-cache ${min} (it may swap)`);
+    }
+    this.cache = new HostCache({ budgetBytes: this.budgetBytes, experts: locator, expertsInUse: k });
+    this.file = new PositionedFile(path, { direct: opts.directIo ?? false });
+    this.statsKeeper = new ExpertStats(locator.layers);
+    const reader = new ExpertReader(this.file, locator, (l, bytes, ms) => this.statsKeeper.addRead(l, bytes, ms));
+    this.pool = new ExpertPool({ threads: opts.threads ?? 1 });
+    this.dispatcher = new ExpertDispatcher({ cache: this.cache, reader, pool: this.pool, locator, stats: this.statsKeeper });
+  }
+
+  runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]> {
+    return this.dispatcher.runExperts(layer, x, nEmbd, jobs);
+  }
+
+  stats(): ExpertStatsSnapshot {
+    return this.statsKeeper.snapshot(this.cache.stats(), { ramCacheBytes: this.budgetBytes, threads: this.pool.threads, retries: this.pool.retries });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.pool.close();
+    } finally {
+      this.file.close();
+    }
+  }
+}
