@@ -6,6 +6,8 @@ import { resolveArchitecture, type Architecture } from '../model/arch/index.js';
 import { ModelError, UnsupportedError, UsageError } from '../model/errors.js';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer/index.js';
 import { ExpertLocator, type ExpertMatrix } from '../experts/locator.js';
+import { ExpertOffload, type OffloadOptions } from '../experts/offload.js';
+import type { ExpertStatsSnapshot } from '../experts/stats.js';
 import { causalAttention } from './attention.js';
 import { KVCache } from './kv-cache.js';
 import { moeForward, type ExpertWeights, type SharedExpert } from './moe-layer.js';
@@ -22,7 +24,15 @@ export interface LoadOptions {
    * architecture does it).
    */
   onRoute?: (layer: number, position: number, experts: number[], weights: number[]) => void;
+  /**
+   * Offload the experts: they are not read at load time, but on demand into a RAM cache with a byte
+   * budget and computed by a pool of worker threads (src/experts/). Results are bit-identical to the
+   * resident path (no `offload`), which reads every expert into memory at load time.
+   */
+  offload?: OffloadOptions;
 }
+
+export type { OffloadOptions, ExpertStatsSnapshot };
 
 export interface Model {
   /** general.architecture */
@@ -31,7 +41,10 @@ export interface Model {
   readonly contextLength: number;
   readonly tokenizer: Tokenizer;
   newSequence(): Sequence;
-  close(): void;
+  /** Offloading counters (hits, misses, bytes read, stall and compute time); undefined without offload. */
+  expertStats(): ExpertStatsSnapshot | undefined;
+  /** Releases the file and, with offload, the worker pool (awaitable; the pool stops asynchronously). */
+  close(): Promise<void> | void;
 }
 
 export interface EvalOptions {
@@ -232,6 +245,8 @@ class LoadedModel implements Model {
   readonly output: Weight;
   readonly layers: LayerWeights[];
   readonly experts: ExpertWeights;
+  /** Set when offloading: the MoE layers hand their experts to it. */
+  readonly offload: ExpertOffload | undefined;
   private readonly file: GGUFFile;
 
   constructor(file: GGUFFile, options: LoadOptions) {
@@ -252,21 +267,33 @@ class LoadedModel implements Model {
       : this.tokenEmbd; // tied embeddings
     this.layers = [];
     for (let l = 0; l < hp.nLayer; l++) this.layers.push(readLayer(file, this.architecture, hp, l));
-    const experts = new InMemoryExperts(file, new ExpertLocator(file, P));
-    experts.preload(hp.nLayer);
+    const locator = new ExpertLocator(file, P);
+    const experts = new InMemoryExperts(file, locator);
     this.experts = experts;
     this.tokenizer = loadTokenizer(file);
     if (this.tokenizer.vocabSize !== hp.nVocab) {
       throw new ModelError(`the tokenizer has ${this.tokenizer.vocabSize} tokens but token_embd.weight has ${hp.nVocab} rows`, CONVERT_HINT);
     }
+    // Last, so that nothing after it can fail and leave the worker pool running.
+    if (options.offload) {
+      this.offload = new ExpertOffload(file.path, locator, options.offload);
+    } else {
+      experts.preload(hp.nLayer);
+      this.offload = undefined;
+    }
+  }
+
+  expertStats(): ExpertStatsSnapshot | undefined {
+    return this.offload?.stats();
   }
 
   newSequence(): Sequence {
     return new ModelSequence(this);
   }
 
-  close(): void {
-    this.file.close();
+  close(): Promise<void> | void {
+    if (!this.offload) return this.file.close();
+    return this.offload.close().finally(() => this.file.close());
   }
 }
 
@@ -298,7 +325,8 @@ class ModelSequence implements Sequence {
     const x = new Float32Array(n * E);
     tokens.forEach((t, i) => this.m.tokenEmbd.row(t, x.subarray(i * E, (i + 1) * E)));
 
-    const xn = new Float32Array(n * E);
+    // With offloading, workers read the normed states from shared memory without a copy.
+    const xn = new Float32Array(this.m.offload ? new SharedArrayBuffer(n * E * 4) : new ArrayBuffer(n * E * 4));
     for (let l = 0; l < hp.nLayer; l++) {
       const w = this.m.layers[l]!;
       rmsNorm(x, n, E, hp.eps, w.attnNorm, xn);
@@ -310,7 +338,7 @@ class ModelSequence implements Sequence {
       const ffn = await moeForward(xn, n, {
         layer: l, nEmbd: E, nExpert: hp.nExpert, nExpertUsed: hp.nExpertUsed,
         normalize: this.m.architecture.normalizeExpertWeights, threads, router: w.router, shared: w.shared,
-        experts: this.m.experts, onRoute: this.m.onRoute, start: this.n,
+        experts: this.m.experts, runner: this.m.offload, onRoute: this.m.onRoute, start: this.n,
       });
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + ffn[i]!;
     }

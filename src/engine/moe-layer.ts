@@ -4,6 +4,8 @@
 import { route, type Route } from './router.js';
 import type { Weight } from './weights.js';
 import type { ExpertMatrix } from '../experts/locator.js';
+import type { ExpertRunner } from '../experts/dispatcher.js';
+import { expertFfnBytes } from '../experts/ffn.js';
 
 /** Where expert matrices come from. May read them from disk on demand, hence possibly async. */
 export interface ExpertWeights {
@@ -28,22 +30,20 @@ export interface MoeLayerParams {
   router: Weight;
   shared?: SharedExpert;
   experts: ExpertWeights;
+  /**
+   * When set, the routed experts are handed to it (offloading: RAM cache, reads, worker pool) instead
+   * of being computed here from `experts`; the results are combined the same way, so they are identical.
+   */
+  runner?: ExpertRunner;
   /** Called once per token with its selection (position = absolute position in the sequence). */
   onRoute?: (layer: number, position: number, experts: number[], weights: number[]) => void;
   /** Absolute position of the first token of the batch. */
   start: number;
 }
 
-function silu(z: number): number {
-  return z / (1 + Math.exp(-z));
-}
-
-/** down · (silu(gate · x) * (up · x)) for nTokens rows of x. */
+/** down · (silu(gate · x) * (up · x)) for nTokens rows of x (the same code the offloading workers run). */
 export function expertFfn(gate: Weight, up: Weight, down: Weight, x: Float32Array, nTokens: number, threads: number): Float32Array {
-  const g = gate.matmul(x, nTokens, threads);
-  const u = up.matmul(x, nTokens, threads);
-  for (let i = 0; i < g.length; i++) g[i] = silu(g[i]!) * u[i]!;
-  return down.matmul(g, nTokens, threads);
+  return expertFfnBytes(gate, up, down, x, nTokens, threads);
 }
 
 /** x: nTokens rows of nEmbd (the ffn-normed hidden state). Returns the layer's FFN output, same shape. */
@@ -63,20 +63,24 @@ export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerPa
 
   // perSlot[(t*k + slot)*nEmbd ..]: weighted output of token t's slot-th expert
   const perSlot = new Float32Array(nTokens * k * nEmbd);
-  for (let e = 0; e < nExpert; e++) {
-    const users = tokensOf[e]!;
-    if (users.length === 0) continue;
-    const [gate, up, down] = await Promise.all([
-      p.experts.matrix(p.layer, e, 'gate'), p.experts.matrix(p.layer, e, 'up'), p.experts.matrix(p.layer, e, 'down'),
-    ]);
-    const batch = new Float32Array(users.length * nEmbd);
-    users.forEach((u, i) => batch.set(x.subarray(u.token * nEmbd, (u.token + 1) * nEmbd), i * nEmbd));
-    const y = expertFfn(gate, up, down, batch, users.length, threads);
-    users.forEach((u, i) => {
-      const w = Math.fround(routes[u.token]!.weights[u.slot]!);
-      const dst = (u.token * k + u.slot) * nEmbd;
-      for (let c = 0; c < nEmbd; c++) perSlot[dst + c] = y[i * nEmbd + c]! * w;
-    });
+  const scatter = (users: { token: number; slot: number }[], y: Float32Array) => users.forEach((u, i) => {
+    const w = Math.fround(routes[u.token]!.weights[u.slot]!);
+    const dst = (u.token * k + u.slot) * nEmbd;
+    for (let c = 0; c < nEmbd; c++) perSlot[dst + c] = y[i * nEmbd + c]! * w;
+  });
+  const used = tokensOf.map((users, e) => ({ users, e })).filter(({ users }) => users.length > 0);
+  if (p.runner) {
+    const ys = await p.runner.runExperts(p.layer, x, nEmbd, used.map(({ users, e }) => ({ expert: e, rows: Int32Array.from(users, (u) => u.token) })));
+    used.forEach(({ users }, i) => scatter(users, ys[i]!));
+  } else {
+    for (const { users, e } of used) {
+      const [gate, up, down] = await Promise.all([
+        p.experts.matrix(p.layer, e, 'gate'), p.experts.matrix(p.layer, e, 'up'), p.experts.matrix(p.layer, e, 'down'),
+      ]);
+      const batch = new Float32Array(users.length * nEmbd);
+      users.forEach((u, i) => batch.set(x.subarray(u.token * nEmbd, (u.token + 1) * nEmbd), i * nEmbd));
+      scatter(users, expertFfn(gate, up, down, batch, users.length, threads));
+    }
   }
 
   const out = new Float32Array(nTokens * nEmbd);
