@@ -8,6 +8,8 @@ import { defaultModelPath } from '../model/default-model.js';
 import { loadModel } from '../engine/model.js';
 import { Sampler } from '../engine/sampler.js';
 import { generate } from '../engine/generator.js';
+import { DEFAULT_RAM_CACHE_HELP, SIZE_FORMS } from '../experts/size.js';
+import { formatExpertStats } from '../experts/stats.js';
 
 /** Options as commander hands them over (numbers still strings, validated below). */
 interface RawGenerateOptions {
@@ -22,6 +24,9 @@ interface RawGenerateOptions {
   threads?: string;
   topLogprobs: string;
   json?: boolean;
+  ramCache?: string;
+  directIo?: boolean;
+  stats?: boolean;
 }
 
 export interface GenerateOptions {
@@ -36,6 +41,10 @@ export interface GenerateOptions {
   threads: number;
   topLogprobs: number;
   json: boolean;
+  /** --ram-cache as given (parsed against the model's expert bytes once it is open); undefined = default. */
+  ramCache: string | undefined;
+  directIo: boolean;
+  stats: boolean;
 }
 
 function integer(flag: string, value: string, min: number, max: number): number {
@@ -66,11 +75,15 @@ export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
     threads: raw.threads === undefined ? availableParallelism() : integer('--threads', raw.threads, 1, 1024),
     topLogprobs: integer('--top-logprobs', raw.topLogprobs, 0, 100),
     json: raw.json ?? false,
+    ramCache: raw.ramCache,
+    directIo: raw.directIo ?? false,
+    stats: raw.stats ?? false,
   };
 }
 
 async function runGenerate(o: GenerateOptions): Promise<void> {
-  const model = await loadModel(o.model, { threads: o.threads });
+  // Experts always go through the offloading path; with the default budget they usually all fit.
+  const model = await loadModel(o.model, { threads: o.threads, offload: { ramCache: o.ramCache, directIo: o.directIo, threads: o.threads } });
   try {
     const tok = model.tokenizer;
     const prompt = tok.encode(o.prompt, { addSpecial: true });
@@ -92,6 +105,10 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
       topLogprobs: o.topLogprobs,
       onToken: stream ? (t) => { if (!t.eog) process.stdout.write(decoder.push(t.id)); } : undefined,
     });
+    if (o.stats) {
+      const s = model.expertStats();
+      if (s) process.stderr.write(`${formatExpertStats(s)}\n`);
+    }
     if (stream) {
       process.stdout.write(`${decoder.flush()}\n`);
       return;
@@ -109,11 +126,12 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
         prompt_ms: round(result.promptMs),
         decode_ms: round(result.decodeMs),
         tokens_per_s: decodeS > 0 ? round(result.tokens.length / decodeS) : null,
+        experts: model.expertStats(),
       },
     };
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } finally {
-    model.close();
+    await model.close();
   }
 }
 
@@ -136,7 +154,16 @@ Examples:
 
 --json prints one object: {"text", "tokens": [{"id", "text", "logprob", "top": [{"id", "logprob"}]}],
 "stop", "seed", "stats": {"prompt_tokens", "generated_tokens", "prompt_ms", "decode_ms", "tokens_per_s"}};
-logprob and top come from the plain softmax of the logits, before temperature and filters.`;
+logprob and top come from the plain softmax of the logits, before temperature and filters.
+"stats.experts" holds the offloading counters (as --stats prints them): ramCacheBytes, threads,
+retries, and per layer and in "total": hits, misses, evictions, reads, bytesRead, readMs (summed over
+reads), stallMs (waiting on reads with no expert computing), tasks, computeMs (summed over workers),
+wallMs.
+
+Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed by
+--threads worker threads; peak memory is about the resident weights + --ram-cache + a fixed overhead.
+--ram-cache takes ${SIZE_FORMS}. Its default: ${DEFAULT_RAM_CACHE_HELP}, minus the resident weights,
+and at most all experts. A budget below one layer's experts in use is an error that states the minimum.`;
 
 export function registerGenerateCommand(program: Command): void {
   program
@@ -150,9 +177,12 @@ export function registerGenerateCommand(program: Command): void {
     .option('--top-p <p>', 'keep the most probable tokens that together reach probability p (1 = off)', '0.95')
     .option('--min-p <p>', 'drop tokens less than p times as probable as the best one (0 = off)', '0.05')
     .option('--seed <n>', 'random seed, 0 to 4294967295 (default: a random one; --json reports it)')
-    .option('--threads <n>', 'CPU threads for the matrix kernels (default: all cores)')
+    .option('--threads <n>', 'CPU threads for the matrix kernels and expert worker threads (default: all cores)')
     .option('--top-logprobs <n>', 'with --json: list the n most probable alternatives per token (0 to 100)', '0')
     .option('--json', 'print one JSON object with the text, per-token log-probabilities and timings')
+    .option('--ram-cache <size>', 'RAM for cached experts, e.g. 512MiB, 4GiB or 25% of all expert bytes (default: free memory, see below)')
+    .option('--direct-io', 'read experts with O_DIRECT, so the page cache does not hold a second copy')
+    .option('--stats', 'print expert cache and timing statistics to stderr at the end')
     .addHelpText('after', HELP)
     .action(runCommand(async (raw: RawGenerateOptions) => {
       await runGenerate(parseGenerateOptions(raw));

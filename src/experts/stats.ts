@@ -75,9 +75,10 @@ export class ExpertStats {
 /** A short table for stderr (generate --stats): one row per layer with experts, then the total. */
 export function formatExpertStats(s: ExpertStatsSnapshot): string {
   const head = ['layer', 'hits', 'misses', 'hit %', 'read', 'read ms', 'stall ms', 'compute ms'];
+  const short = (n: number) => formatBytes(n).replace(/ \(\d+ bytes\)$/, '');
   const row = (name: string, c: ExpertLayerStats) => {
     const n = c.hits + c.misses;
-    return [name, String(c.hits), String(c.misses), n ? (100 * c.hits / n).toFixed(1) : '-', formatBytes(c.bytesRead),
+    return [name, String(c.hits), String(c.misses), n ? (100 * c.hits / n).toFixed(1) : '-', short(c.bytesRead),
       c.readMs.toFixed(1), c.stallMs.toFixed(1), c.computeMs.toFixed(1)];
   };
   const rows = s.layers.map((c, l) => ({ c, l })).filter(({ c }) => c.hits + c.misses > 0).map(({ c, l }) => row(String(l), c));
