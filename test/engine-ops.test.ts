@@ -16,6 +16,7 @@ import { GGUFWriter } from '../src/model/gguf-writer.js';
 import { GGUFValueType } from '../src/model/gguf.js';
 import { GGMLType } from '../src/model/ggml-types.js';
 import { byteUnicodeTable } from '../fixtures/vocab.js';
+import { mulberry32 } from '../src/engine/prng.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'engine-ops-test-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -108,13 +109,7 @@ test('architecture tables: the four supported, unknown names rejected with the l
 
 /** mulberry32 normals, so weights are fixed across runs. */
 function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  const u = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), s | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const u = mulberry32(seed);
   return () => Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
 }
 

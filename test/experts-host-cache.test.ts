@@ -4,22 +4,13 @@ import { UsageError } from '../src/model/errors.js';
 import { HostCache, expertKey, matrixView, minimumBudget, slotLayout, slotView, uniformExpertSizes, type HostEntry } from '../src/experts/host-cache.js';
 import { SlotAllocator } from '../src/experts/slab.js';
 import { formatBytes } from '../src/experts/size.js';
+import { mulberry32 } from '../src/engine/prng.js';
 
 // Hand layout: gate 100 bytes at 0 (padded to 128), up 100 at 128 (padded to 256), down 60 at 256
 // (padded to 320): a slot is 320 bytes, an expert 260.
 const BYTES = { gate: 100, up: 100, down: 60 };
 const SLOT = 320;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Fills each matrix with bytes derived from (key, matrix), so a hit can check its weights survived. */
 function fillPattern(entry: HostEntry): void {

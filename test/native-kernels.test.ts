@@ -8,6 +8,7 @@ import {
   bf16ToF32, canDequantize, canQuantize, dequantize, f16ToF32, f32ToBf16, f32ToF16, quantize,
 } from '../src/model/quant/index.js';
 import { cpuFeatures, kernelPath, matmul, setKernelPath, sumBytes } from '../src/native/index.js';
+import { mulberry32 as rng } from '../src/engine/prng.js';
 
 const TYPES: GGMLType[] = [
   GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
@@ -33,17 +34,6 @@ function vecDotType(type: GGMLType): VecDotType {
   }
 }
 
-// Small seeded generator so failures reproduce.
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function normals(n: number, rand: () => number, scale = 1): Float32Array {
   const out = new Float32Array(n);

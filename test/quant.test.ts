@@ -9,20 +9,10 @@ import { UnsupportedError } from '../src/model/errors.js';
 import {
   bf16ToF32, canDequantize, canQuantize, dequantize, dequantizeRows, f16ToF32, f32ToBf16, f32ToF16, quantize,
 } from '../src/model/quant/index.js';
+import { mulberry32 as rng } from '../src/engine/prng.js';
 
 const EPS16 = 2 ** -11; // relative rounding error of an f16 scale
 
-/** Deterministic pseudo-random numbers (mulberry32), so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomValues(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);

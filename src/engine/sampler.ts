@@ -2,6 +2,7 @@
 // seeded PRNG. Temperature 0 is greedy argmax. Log-probabilities reported to users come from the plain
 // softmax of the logits, before temperature or any filter.
 import { randomInt } from 'node:crypto';
+import { mulberry32 } from './prng.js';
 
 export interface SamplerOptions {
   /** 0 = greedy. */
@@ -16,18 +17,11 @@ export interface SamplerOptions {
   seed?: number;
 }
 
-/** mulberry32: a small, fast, deterministic 32-bit PRNG; next() is uniform in [0, 1). */
+/** The sampler's random source: uniform numbers in [0, 1) from a seed (see prng.ts). */
 export class Prng {
-  private state: number;
+  readonly next: () => number;
   constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.next = mulberry32(seed);
   }
 }
 
