@@ -18,7 +18,7 @@ export class ExpertPool {
   /** Failed attempts that were retried (for stats and tests). */
   retries = 0;
   private readonly piscina: Piscina<ExpertTask, ExpertResult>;
-  private faults: ('exit' | 'throw')[] = [];
+  private fault: { attempts: number; kind: 'exit' | 'throw' } | undefined;
   private closed = false;
 
   constructor(opts: ExpertPoolOptions = {}) {
@@ -40,13 +40,16 @@ export class ExpertPool {
    */
   async run(task: ExpertTask, what = 'an expert'): Promise<ExpertResult> {
     if (this.closed) throw new MoeOffloadError(`the expert worker pool is closed (computing ${what})`);
+    const fault = this.fault;
+    this.fault = undefined;
+    const attempt = (n: number): ExpertTask => (fault && n <= fault.attempts ? { ...task, fault: fault.kind } : task);
     try {
-      return await this.piscina.run(this.withFault(task));
+      return await this.piscina.run(attempt(1));
     } catch (first) {
       if (this.closed) throw first;
       this.retries++;
       try {
-        return await this.piscina.run(this.withFault(task));
+        return await this.piscina.run(attempt(2));
       } catch (second) {
         throw new MoeOffloadError(
           `an expert worker failed twice computing ${what}: ${messageOf(second)} (first attempt: ${messageOf(first)})`,
@@ -55,9 +58,9 @@ export class ExpertPool {
     }
   }
 
-  /** Tests only: the next `count` task attempts (retries included) fail the given way. */
-  injectFaults(count: number, kind: 'exit' | 'throw'): void {
-    for (let i = 0; i < count; i++) this.faults.push(kind);
+  /** Tests only: the next task run() is given fails its first `attempts` attempts (1: the retry succeeds; 2: it fails). */
+  injectFaults(attempts: number, kind: 'exit' | 'throw'): void {
+    this.fault = { attempts, kind };
   }
 
   /** Workers alive now. */
@@ -67,11 +70,6 @@ export class ExpertPool {
     if (this.closed) return;
     this.closed = true;
     await this.piscina.destroy();
-  }
-
-  private withFault(task: ExpertTask): ExpertTask {
-    const fault = this.faults.shift();
-    return fault ? { ...task, fault } : task;
   }
 }
 
