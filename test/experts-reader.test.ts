@@ -180,3 +180,35 @@ for (const where of directDirs) test(`direct I/O in ${where}: reads equal fs.rea
     f.close();
   }
 });
+
+// The expert reader: a HostCache miss filled from a real fixture equals the bytes of the stacked tensors.
+test('ExpertReader fills a cache slot with the expert\'s three ranges, reporting bytes and time', async () => {
+  const { GGUFFile } = await import('../src/model/gguf.js');
+  const { ExpertLocator, EXPERT_MATRICES } = await import('../src/experts/locator.js');
+  const { HostCache, matrixView } = await import('../src/experts/host-cache.js');
+  const { ExpertReader } = await import('../src/experts/reader.js');
+  const path = new URL('../../fixtures/qwen2moe-q4_0.gguf', import.meta.url).pathname;
+  const gguf = GGUFFile.open(path);
+  const file = new PositionedFile(path);
+  try {
+    const loc = new ExpertLocator(gguf);
+    const reads: [number, number][] = [];
+    const reader = new ExpertReader(file, loc, (layer, bytes) => reads.push([layer, bytes]));
+    const cache = new HostCache({ budgetBytes: 4 * 1024 * 1024, experts: loc });
+    for (const [layer, expert] of [[0, 0], [1, 5], [loc.layers - 1, loc.expertCount - 1]] as const) {
+      const entry = await cache.getOrLoad(layer, expert, (e) => reader.load(e));
+      for (const m of EXPERT_MATRICES) {
+        // independent of the locator's arithmetic: slice the whole stacked tensor as the GGUF reader reads it
+        const stacked = gguf.readTensor(`blk.${layer}.ffn_${m}_exps.weight`);
+        const per = stacked.byteLength / loc.expertCount;
+        assert.deepEqual(matrixView(entry, m), stacked.subarray(expert * per, (expert + 1) * per), `layer ${layer} expert ${expert} ${m}`);
+      }
+      cache.release(entry);
+    }
+    assert.deepEqual(reads.map(([l]) => l), [0, 1, loc.layers - 1]);
+    for (const [, bytes] of reads) assert.equal(bytes, loc.expertBytes(0, 0));
+  } finally {
+    file.close();
+    gguf.close();
+  }
+});
