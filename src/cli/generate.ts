@@ -10,6 +10,7 @@ import { Sampler } from '../engine/sampler.js';
 import { generate } from '../engine/generator.js';
 import { DEFAULT_RAM_CACHE_HELP, SIZE_FORMS } from '../experts/size.js';
 import { formatExpertStats } from '../experts/stats.js';
+import { addTraceOption, startTrace, TRACE_HELP } from './trace-option.js';
 
 /** Options as commander hands them over (numbers still strings, validated below). */
 interface RawGenerateOptions {
@@ -27,6 +28,7 @@ interface RawGenerateOptions {
   ramCache?: string;
   directIo?: boolean;
   stats?: boolean;
+  trace?: string;
 }
 
 export interface GenerateOptions {
@@ -45,6 +47,8 @@ export interface GenerateOptions {
   ramCache: string | undefined;
   directIo: boolean;
   stats: boolean;
+  /** --trace FILE: record the routing there. */
+  trace: string | undefined;
 }
 
 function integer(flag: string, value: string, min: number, max: number): number {
@@ -78,12 +82,14 @@ export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
     ramCache: raw.ramCache,
     directIo: raw.directIo ?? false,
     stats: raw.stats ?? false,
+    trace: raw.trace,
   };
 }
 
 async function runGenerate(o: GenerateOptions): Promise<void> {
   // Experts always go through the offloading path; with the default budget they usually all fit.
-  const model = await loadModel(o.model, { threads: o.threads, offload: { ramCache: o.ramCache, directIo: o.directIo, threads: o.threads } });
+  const trace = startTrace(o.trace);
+  const model = await loadModel(o.model, { threads: o.threads, onRoute: trace?.onRoute, offload: { ramCache: o.ramCache, directIo: o.directIo, threads: o.threads } });
   try {
     const tok = model.tokenizer;
     const prompt = tok.encode(o.prompt, { addSpecial: true });
@@ -91,6 +97,7 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
       throw new UsageError('the prompt is empty and this model adds no BOS token, so there is nothing to continue from',
         'give some text with --prompt');
     }
+    trace?.begin(o.model, prompt);
     const sampler = new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP, seed: o.seed });
     const decoder = tok.createDecoder();
     const stream = !o.json;
@@ -105,6 +112,7 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
       topLogprobs: o.topLogprobs,
       onToken: stream ? (t) => { if (!t.eog) process.stdout.write(decoder.push(t.id)); } : undefined,
     });
+    trace?.close();
     if (o.stats) {
       const s = model.expertStats();
       if (s) process.stderr.write(`${formatExpertStats(s)}\n`);
@@ -163,10 +171,12 @@ wallMs.
 Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed by
 --threads worker threads; peak memory is about the resident weights + --ram-cache + a fixed overhead.
 --ram-cache takes ${SIZE_FORMS}. Its default: ${DEFAULT_RAM_CACHE_HELP}, minus the resident weights,
-and at most all experts. A budget below one layer's experts in use is an error that states the minimum.`;
+and at most all experts. A budget below one layer's experts in use is an error that states the minimum.
+
+${TRACE_HELP}`;
 
 export function registerGenerateCommand(program: Command): void {
-  program
+  const cmd = program
     .command('generate')
     .description('Continue a prompt with a Mixture-of-Experts model from a GGUF file')
     .option('--model <file>', 'GGUF model file (default: the small built-in model)')
@@ -182,7 +192,8 @@ export function registerGenerateCommand(program: Command): void {
     .option('--json', 'print one JSON object with the text, per-token log-probabilities and timings')
     .option('--ram-cache <size>', 'RAM for cached experts, e.g. 512MiB, 4GiB or 25% of all expert bytes (default: free memory, see below)')
     .option('--direct-io', 'read experts with O_DIRECT, so the page cache does not hold a second copy')
-    .option('--stats', 'print expert cache and timing statistics to stderr at the end')
+    .option('--stats', 'print expert cache and timing statistics to stderr at the end');
+  addTraceOption(cmd)
     .addHelpText('after', HELP)
     .action(runCommand(async (raw: RawGenerateOptions) => {
       await runGenerate(parseGenerateOptions(raw));
