@@ -9,19 +9,15 @@ import { quantize, dequantizeRows } from '../src/model/quant/index.js';
 import { MoeOffloadError } from '../src/model/errors.js';
 import { Weight } from '../src/engine/weights.js';
 import { expertFfn } from '../src/engine/moe-layer.js';
+import { mulberry32 } from '../src/engine/prng.js';
 
 const N_EMBD = 64;
 const N_FF = 96;
 
+/** Uniform in [-0.5, 0.5), seeded so failures reproduce. */
 function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const u = mulberry32(seed);
+  return () => u() - 0.5;
 }
 
 /** One expert's three matrices (quantized) laid into a SharedArrayBuffer at 64-byte aligned offsets. */
