@@ -260,3 +260,32 @@ test('a killed run leaves a readable prefix in PATH.partial', async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('generate --trace FILE, then report --trace FILE --json', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'trace-cli-'));
+  const bin = resolve(HERE, '..', '..', 'bin', 'moe-offload.js');
+  try {
+    const p = join(dir, 'T');
+    const gen = spawnSync(process.execPath, [bin, 'generate', '--prompt', 'hi', '--max-tokens', '4', '--temperature', '0', '--threads', '1', '--json', '--trace', p],
+      { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(gen.status, 0, gen.stderr);
+    assert.ok(existsSync(p) && !existsSync(`${p}.partial`));
+    const out = JSON.parse(gen.stdout) as { stats: { prompt_tokens: number; generated_tokens: number } };
+    const { header, records } = await readAll(p);
+    assert.ok(header);
+    assert.equal((header.prompt_ids as number[]).length, out.stats.prompt_tokens);
+    // Every evaluated token: the prompt and each generated token but the last (sampled, not evaluated).
+    assert.equal(records.length, out.stats.prompt_tokens + out.stats.generated_tokens - 1);
+    assert.deepEqual(records.map((r) => r.pos), records.map((_, i) => i));
+
+    const rep = spawnSync(process.execPath, [bin, 'report', '--trace', p, '--json'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(rep.status, 0, rep.stderr);
+    const j = JSON.parse(rep.stdout) as { trace: { layers: number; experts: number; tokens: number }; srp: Record<string, { layers: unknown[] }> };
+    assert.equal(j.trace.layers, header.layers);
+    assert.equal(j.trace.experts, header.experts);
+    assert.equal(j.trace.tokens, records.length);
+    assert.equal(j.srp['4']!.layers.length, header.layers);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
