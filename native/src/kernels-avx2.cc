@@ -9,6 +9,11 @@
 
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 
+#define Q4P_FN AVX2_FN
+#define Q4P_NS q4_0_avx2
+#define Q4P_VNNI 0
+#include "kernels-q4_0-pairs.h"
+
 namespace moe {
 namespace {
 
@@ -70,7 +75,7 @@ AVX2_FN inline __m256i blockTotals(const __m256i* p) {
                           _mm256_permute2x128_si256(h0123, h4567, 0x31));
 }
 
-// Blocks of 32 values with Q8_0 / Q8_1 activations, one (row, token) at a time. Per group of 8 blocks the
+// Blocks of 32 values with Q8_0 / Q8_1 activations (Q4_0: kernels-q4_0-pairs.h), one (row, token) at a time. Per group of 8 blocks the
 // exact integer block sums are gathered into one vector and scaled by the 8 products d_w * d_x with one
 // FMA; the min terms of Q4_1/Q5_1 (m * s) likewise. (Running 2 or 4 rows through a group together to share
 // activation loads measured slower for Q8_0 on Zen 4.)
@@ -82,7 +87,6 @@ struct Blocks32 {
     const int8_t* y = a.qs + t * a.cols;
     const float* yd = a.d + t * nb;
     const float* ys = a.s ? a.s + t * nb : nullptr;
-    const int32_t* off = B::blockOffset ? a.q4Offset + t * nb : nullptr;
     __m256 acc = _mm256_setzero_ps(), accMin = _mm256_setzero_ps();
     int b = 0;
     for (; b + 8 <= nb; b += 8) {
@@ -91,7 +95,6 @@ struct Blocks32 {
       __m256i p[8];
       for (int i = 0; i < 8; i++) p[i] = B::dot(B::unpack(group + B::bytes * i), load256(y + 32 * (b + i)));
       __m256i totals = blockTotals(p);
-      if (B::blockOffset) totals = _mm256_add_epi32(totals, load256(off + b));
       const __m256 scale = _mm256_mul_ps(scales8<B::bytes>(group), _mm256_loadu_ps(yd + b));
       acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(totals), acc);
       if (B::hasMin) accMin = _mm256_fmadd_ps(scales8<B::bytes>(group + 2), _mm256_loadu_ps(ys + b), accMin);
@@ -102,7 +105,7 @@ struct Blocks32 {
       const __m256i p = B::dot(B::unpack(blk), load256(y + 32 * b));
       const __m128i p4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
       const __m128i p2 = _mm_add_epi32(p4, _mm_unpackhi_epi64(p4, p4));
-      const int sumi = _mm_cvtsi128_si32(_mm_add_epi32(p2, _mm_shuffle_epi32(p2, 1))) + (B::blockOffset ? off[b] : 0);
+      const int sumi = _mm_cvtsi128_si32(_mm_add_epi32(p2, _mm_shuffle_epi32(p2, 1)));
       tail += (float)sumi * (halfToFloat(blk) * yd[b]);
       if (B::hasMin) tail += halfToFloat(blk + 2) * ys[b];
     }
@@ -151,30 +154,14 @@ AVX2_FN inline __m256i fifthBits(const uint8_t* p) {
 struct Q8_0B {
   static constexpr int bytes = 34;
   static constexpr bool hasMin = false;
-  static constexpr bool blockOffset = false;
   using Unpacked = SignedQ;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) { return signedQ(load256(blk + 2)); }
   AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return dotI8(u.q, u.absQ, y); }
 };
 
-// Q4_0: unsigned nibbles times y; the activation's precomputed -8 * sum(y) per block is added to the totals.
-struct Q4_0B {
-  static constexpr int bytes = 18;
-  static constexpr bool hasMin = false;
-  static constexpr bool blockOffset = true;
-  using Unpacked = __m256i;
-  AVX2_FN static Unpacked unpack(const uint8_t* blk) {
-    // Both 128-bit halves get the 16 bytes; the high half is shifted down by 4 (high nibbles).
-    const __m256i raw = _mm256_broadcastsi128_si256(load128(blk + 2));
-    return _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
-  }
-  AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
-};
-
 struct Q5_0B {
   static constexpr int bytes = 22;
   static constexpr bool hasMin = false;
-  static constexpr bool blockOffset = false;
   using Unpacked = SignedQ;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) {
     const __m256i q = _mm256_or_si256(nibbles32(blk + 6), fifthBits(blk + 2));
@@ -187,7 +174,6 @@ struct Q5_0B {
 struct Q4_1B {
   static constexpr int bytes = 20;
   static constexpr bool hasMin = true;
-  static constexpr bool blockOffset = false;
   using Unpacked = __m256i;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) { return nibbles32(blk + 4); }
   AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
@@ -196,7 +182,6 @@ struct Q4_1B {
 struct Q5_1B {
   static constexpr int bytes = 24;
   static constexpr bool hasMin = true;
-  static constexpr bool blockOffset = false;
   using Unpacked = __m256i;
   AVX2_FN static Unpacked unpack(const uint8_t* blk) { return _mm256_or_si256(nibbles32(blk + 8), fifthBits(blk + 4)); }
   AVX2_FN static __m256i dot(const Unpacked& u, __m256i y) { return sumPairs16(_mm256_maddubs_epi16(u, y)); }
@@ -508,7 +493,7 @@ RowsKernel avx2Kernel(int type) {
     case T_F16: return rowsAvx2<Floats<F16W>>;
     case T_BF16: return rowsAvx2<Floats<BF16W>>;
     case T_Q8_0: return Blocks32<Q8_0B>::rows;
-    case T_Q4_0: return Blocks32<Q4_0B>::rows;
+    case T_Q4_0: return q4_0_avx2::rows;
     case T_Q4_1: return Blocks32<Q4_1B>::rows;
     case T_Q5_0: return Blocks32<Q5_0B>::rows;
     case T_Q5_1: return Blocks32<Q5_1B>::rows;
