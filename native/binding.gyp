@@ -7,6 +7,7 @@
         "src/quantize-act.cc",
         "src/kernels-portable.cc",
         "src/kernels-avx2.cc",
+        "src/kernels-avx512.cc",
         "src/io.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -165,7 +165,7 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
 }
 
 test('hand-computed products for F32, Q8_0 and Q4_0', () => {
-  for (const path of ['portable', 'auto'] as const) {
+  for (const path of ['portable', 'avx2', 'auto'] as const) {
     setKernelPath(path);
     // F32: 2 rows x 3 cols, 2 tokens.
     const wf = new Float32Array([1, 2, 3, -1, 0.5, 4]);
@@ -353,11 +353,39 @@ test('sumBytes adds every byte on both paths', () => {
   assert.throws(() => sumBytes(new Float32Array(4) as unknown as Uint8Array), TypeError);
 });
 
+test('Q4_0: the AVX-512 VNNI path (auto where the CPU has it) gives the AVX2 path\'s bits', () => {
+  // Both sum the same exact integer block dot products and scale them with the same float operations.
+  // Where the CPU lacks AVX-512 VNNI both runs take the AVX2 (or portable) path and trivially agree.
+  const rand = rng(13);
+  for (const cols of [32 * 11, 256 * 3 + 64, 4096 + 256 * 2 + 32]) {
+    const rows = 5;
+    const w = randomWeights(GGMLType.Q4_0, rows, cols, rand);
+    for (const nTokens of [1, 3]) {
+      const x = normals(nTokens * cols, rand);
+      setKernelPath('avx2');
+      const avx2 = run(GGMLType.Q4_0, w, rows, cols, x, nTokens);
+      setKernelPath('auto');
+      const auto = run(GGMLType.Q4_0, w, rows, cols, x, nTokens, 2);
+      assert.ok(sameBits(auto, avx2), `cols=${cols} nTokens=${nTokens}`);
+      const ref = reference(GGMLType.Q4_0, w, rows, cols, x, nTokens);
+      for (let i = 0; i < auto.length; i++) {
+        assert.ok(Math.abs(auto[i]! - ref.values[i]!) <= 1e-4 * ref.scale[i]! + 1e-6, `cols=${cols} out[${i}]`);
+      }
+    }
+  }
+  setKernelPath('auto');
+});
+
 test('cpuFeatures and the chosen kernel path agree', () => {
   const f = cpuFeatures();
   for (const k of ['avx2', 'fma', 'f16c', 'avx512'] as const) assert.equal(typeof f[k], 'boolean');
   setKernelPath('portable');
   assert.equal(kernelPath(), 'portable');
+  const avx2 = f.avx2 && f.fma && f.f16c;
+  setKernelPath('avx2');
+  assert.equal(kernelPath(), avx2 ? 'avx2' : 'portable');
   setKernelPath('auto');
-  assert.equal(kernelPath(), f.avx2 && f.fma && f.f16c ? 'avx2' : 'portable');
+  // 'avx512' also needs AVX-512 VL/BW/VNNI, which cpuFeatures does not list: accept either SIMD path there.
+  if (avx2 && f.avx512) assert.ok(['avx512', 'avx2'].includes(kernelPath()));
+  else assert.equal(kernelPath(), avx2 ? 'avx2' : 'portable');
 });

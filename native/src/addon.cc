@@ -16,12 +16,18 @@ void RegisterIo(Napi::Env env, Napi::Object exports);
 
 namespace {
 
-// Process-wide: 'portable' forces the plain C++ kernels (tests compare both paths).
-std::atomic<bool> forcePortable{false};
+// Process-wide kernel path: 'auto' (the best the CPU has), or 'avx2' / 'portable' forced (tests compare them).
+enum PathMode : int { PATH_AUTO, PATH_AVX2, PATH_PORTABLE };
+std::atomic<int> pathMode{PATH_AUTO};
 
 bool useAvx2() {
   static const bool usable = avx2Usable();
-  return usable && !forcePortable.load(std::memory_order_relaxed);
+  return usable && pathMode.load(std::memory_order_relaxed) != PATH_PORTABLE;
+}
+
+bool useAvx512() {
+  static const bool usable = avx512Usable();
+  return usable && pathMode.load(std::memory_order_relaxed) == PATH_AUTO;
 }
 
 Napi::Value throwType(Napi::Env env, const std::string& msg) {
@@ -117,7 +123,8 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     return throwRange(env, "matmul: out has " + std::to_string(out.length) + " values, need " +
                                std::to_string(rows) + " x " + std::to_string(nTokens) + " tokens");
   }
-  RowsKernel kernel = useAvx2() ? avx2Kernel((int)type) : nullptr;
+  RowsKernel kernel = useAvx512() ? avx512Kernel((int)type) : nullptr;
+  if (!kernel && useAvx2()) kernel = avx2Kernel((int)type);
   if (!kernel) kernel = portableKernel((int)type);
   ActBuffers act(g.act, (const float*)x.data, (int)nTokens, (int)cols);
   const Job job{(const uint8_t*)w.data, rowBytes, (int)rows, &act.view(), (float*)out.data};
@@ -137,15 +144,17 @@ Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
 #else
   for (const char* k : {"avx2", "fma", "f16c", "avx512"}) o.Set(k, Napi::Boolean::New(env, false));
 #endif
-  o.Set("kernelPath", Napi::String::New(env, useAvx2() ? "avx2" : "portable"));
+  o.Set("kernelPath", Napi::String::New(env, useAvx512() ? "avx512" : useAvx2() ? "avx2" : "portable"));
   return o;
 }
 
 Napi::Value SetKernelPath(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string path = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
-  if (path != "auto" && path != "portable") return throwRange(env, "setKernelPath: expected 'auto' or 'portable'");
-  forcePortable.store(path == "portable");
+  if (path != "auto" && path != "avx2" && path != "portable") {
+    return throwRange(env, "setKernelPath: expected 'auto', 'avx2' or 'portable'");
+  }
+  pathMode.store(path == "auto" ? PATH_AUTO : path == "avx2" ? PATH_AVX2 : PATH_PORTABLE);
   return env.Undefined();
 }
 

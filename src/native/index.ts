@@ -9,8 +9,8 @@ export interface CpuFeatures { avx2: boolean; fma: boolean; f16c: boolean; avx51
 export interface Addon {
   matmul(type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, nTokens: number,
     out: Float32Array, threads: number): void;
-  cpuFeatures(): CpuFeatures & { kernelPath: 'avx2' | 'portable' };
-  setKernelPath(path: 'auto' | 'portable'): void;
+  cpuFeatures(): CpuFeatures & { kernelPath: KernelPath };
+  setKernelPath(path: 'auto' | 'avx2' | 'portable'): void;
   sumBytes(buf: Uint8Array): number;
   // io.cc (wrapped by src/native/io.ts)
   openFile(path: string, direct: boolean): number;
@@ -52,13 +52,21 @@ export function cpuFeatures(): CpuFeatures {
   return { avx2, fma, f16c, avx512 };
 }
 
-/** Which kernels matmul uses now: 'avx2' (AVX2 + FMA + F16C) or 'portable'. */
-export function kernelPath(): 'avx2' | 'portable' {
+/**
+ * Which kernels matmul uses now: 'avx512' (AVX-512 VNNI where there is such a kernel, Q4_0 so far; AVX2
+ * for the other types), 'avx2' (AVX2 + FMA + F16C) or 'portable'.
+ */
+export type KernelPath = 'avx512' | 'avx2' | 'portable';
+
+export function kernelPath(): KernelPath {
   return native().cpuFeatures().kernelPath;
 }
 
-/** 'auto' picks the best path the CPU has; 'portable' forces the plain C++ path (tests compare both). */
-export function setKernelPath(path: 'auto' | 'portable'): void { native().setKernelPath(path); }
+/**
+ * 'auto' picks the best path the CPU has; 'avx2' leaves out AVX-512 and 'portable' forces the plain C++
+ * path (tests compare them). Paths the CPU lacks fall back to the next one down.
+ */
+export function setKernelPath(path: 'auto' | 'avx2' | 'portable'): void { native().setKernelPath(path); }
 
 /** Reads every byte of `buf` once (a memory read-bandwidth probe for the benchmark); returns their sum. */
 export function sumBytes(buf: Uint8Array): number { return native().sumBytes(buf); }
