@@ -1,6 +1,7 @@
 // `npm run bench`: one-token, one-thread matmul throughput of our native kernels and of onnxruntime's
 // MatMulNBits, next to the machine's single-thread read bandwidth, with the ratios that say how close
-// the kernels come to the memory ceiling. Table on stdout, progress on stderr, JSON in bench/results/.
+// the kernels come to the memory ceiling; and the trace analysis (read, SRP/SCH, simulate) on a synthetic
+// 1M token-layer trace. Tables on stdout, progress on stderr, JSON in bench/results/.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -9,9 +10,12 @@ import { GGMLType, GGML_TYPE_INFO } from '../src/model/ggml-types.js';
 import type { BandwidthResult } from './bandwidth.js';
 import type { KernelResult, MatrixShape } from './kernels.js';
 import type { RepeatOptions } from './stats.js';
+import type { TraceBenchResult } from './trace.js';
 
-const USAGE = 'usage: node dist/bench/run.js [--quick] [--only kernels|ort|bandwidth[,...]]';
-const PARTS = ['bandwidth', 'kernels', 'ort'] as const;
+const USAGE = 'usage: node dist/bench/run.js [--quick] [--only kernels|ort|bandwidth|trace[,...]]';
+const PARTS = ['bandwidth', 'kernels', 'ort', 'trace'] as const;
+/** The parts that make the kernel table and its -kernels.json. */
+const KERNEL_PARTS: readonly Part[] = ['bandwidth', 'kernels', 'ort'];
 type Part = (typeof PARTS)[number];
 
 const MiB = 1024 * 1024;
@@ -121,8 +125,31 @@ function table(bandwidth: BandwidthResult | null, bandwidthNote: string | null, 
   return `${lines.join('\n')}\n`;
 }
 
+const resultsDir = (): string => {
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  return dir;
+};
+const machine = (ortVersion: string | null = null) => ({ cpu: cpus()[0]?.model ?? 'unknown', logicalCpus: cpus().length, node: process.version, onnxruntime: ortVersion });
+
+/** The trace analysis part: table on stdout, bench/results/<stamp>-trace.json. */
+async function runTraceBench(quick: boolean): Promise<void> {
+  const { benchTrace, defaultTraceSettings, traceTable } = await import('./trace.js');
+  const result: TraceBenchResult = await benchTrace(defaultTraceSettings(quick), progress);
+  process.stdout.write(`\n${traceTable(result)}`);
+  const stamp = new Date().toISOString();
+  const file = path.join(resultsDir(), `${stamp.replace(/:/g, '-')}-trace.json`);
+  writeFileSync(file, `${JSON.stringify({ timestamp: stamp, machine: machine(), ...result }, null, 2)}\n`);
+  progress(`wrote ${path.relative(process.cwd(), file)}`);
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  if (KERNEL_PARTS.some((p) => args.parts.has(p))) await runKernelBench(args);
+  if (args.parts.has('trace')) await runTraceBench(args.quick);
+}
+
+async function runKernelBench(args: Args): Promise<void> {
   const options: RepeatOptions = args.quick
     ? { warmup: 1, reps: 5, minSeconds: 0 }
     : { warmup: 2, reps: 15, minSeconds: 1 };
@@ -187,13 +214,11 @@ async function main(): Promise<void> {
   process.stdout.write(table(bandwidth, bandwidthNote, results, ratioList, options, ortOverheadSeconds));
 
   const stamp = new Date().toISOString();
-  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results');
-  mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, `${stamp.replace(/:/g, '-')}-kernels.json`);
+  const file = path.join(resultsDir(), `${stamp.replace(/:/g, '-')}-kernels.json`);
   const report = {
     timestamp: stamp,
-    machine: { cpu: cpus()[0]?.model ?? 'unknown', logicalCpus: cpus().length, node: process.version, onnxruntime: ortVersion },
-    settings: { quick: args.quick, parts: [...args.parts], threads: 1, tokens: 1, repeat: options,
+    machine: machine(ortVersion),
+    settings: { quick: args.quick, parts: [...args.parts].filter((p) => KERNEL_PARTS.includes(p)), threads: 1, tokens: 1, repeat: options,
       bandwidthBufferBytes: BANDWIDTH_BYTES, rotationBytes: ROTATION_BYTES,
       matrixConvention: 'rows x cols = outputs x inputs', gbps: '1e9 weight bytes per second (ORT counted in Q4_0 bytes)' },
     bandwidth: bandwidth ? { bufferBytes: bandwidth.bufferBytes, gbps: bandwidth.gbps } : { note: bandwidthNote },
