@@ -43,6 +43,11 @@ export function modelDir(): string {
   return join(tmpdir(), 'moe-offload-bench');
 }
 
+/** Where the model for `s` is (or will be) cached. */
+export function modelPath(s: OffloadModelShape): string {
+  return join(modelDir(), modelFileName(s));
+}
+
 /** Bytes of one expert (gate + up + down) in q4_0. */
 export function expertBytes(s: OffloadModelShape): number {
   return 3 * bytesFor(GGMLType.Q4_0, s.nEmbd * s.nFf);
@@ -146,7 +151,7 @@ export interface EnsuredModel {
 export function ensureOffloadModel(s: OffloadModelShape, progress: (msg: string) => void = () => {}): EnsuredModel {
   const dir = modelDir();
   mkdirSync(dir, { recursive: true });
-  const path = join(dir, modelFileName(s));
+  const path = modelPath(s);
   if (existsSync(path)) return { path, bytes: statSync(path).size, created: false, seconds: 0 };
   const need = approxFileBytes(s);
   const free = freeDiskBytes(dir);

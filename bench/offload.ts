@@ -1,0 +1,340 @@
+// The offload bench: decode tokens/s of an OLMoE-shaped q4_0 model (bench/offload-model.ts) with the RAM
+// expert cache at 100%, 50% and 25% of the expert bytes, next to a lower bound from numbers measured in
+// the same run: max(bytes read per token / read bandwidth, bytes computed per token / (expert-FFN GB/s
+// x threads)). Misses are read with O_DIRECT (generate --direct-io) so they cost a disk read, not a
+// page-cache copy, whatever the page cache holds; page-cache rows show the warm-file case.
+import { existsSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { loadModel, type ExpertStatsSnapshot } from '../src/engine/model.js';
+import { Sampler } from '../src/engine/sampler.js';
+import { expertFfnBytes } from '../src/experts/ffn.js';
+import { EXPERT_MATRICES, ExpertLocator, type ExpertRange } from '../src/experts/locator.js';
+import { GGUFFile } from '../src/model/gguf.js';
+import { PositionedFile } from '../src/native/io.js';
+import { mulberry32 } from '../src/engine/prng.js';
+import { ensureOffloadModel, freeDiskBytes, modelPath, OLMOE_LIKE, OLMOE_LIKE_QUICK, type OffloadModelShape } from './offload-model.js';
+import { randomFloats } from './random.js';
+import { summarize, timePasses, type Summary } from './stats.js';
+
+const MiB = 1024 * 1024;
+const TARGET_RATIO = 1.3;
+/** Opening of Moby-Dick, about 64 tokens with the fixture vocabulary: enough for the prompt batch to route to nearly every expert. */
+const PROMPT = 'Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, '
+  + 'and nothing particular to interest me on shore, I thought I would sail about a little and see the watery part of the world.';
+
+export interface OffloadSettings {
+  quick: boolean;
+  shape: OffloadModelShape;
+  threads: number;
+  /** RAM cache sizes, percent of all expert bytes (as cached). */
+  ramCachePercents: number[];
+  /** Page-cache (buffered read) rows as well, for these percents. */
+  pageCachePercents: number[];
+  warmupTokens: number;
+  timedTokens: number;
+  /** Experts read per pass of the read-bandwidth probes. */
+  bandwidthExperts: number;
+  /** Experts in the kernel rotation (their bytes should far exceed the last-level cache). */
+  kernelExperts: number;
+}
+
+export function defaultOffloadSettings(quick: boolean): OffloadSettings {
+  return quick
+    ? { quick, shape: OLMOE_LIKE_QUICK, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [],
+      warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24 }
+    : { quick, shape: OLMOE_LIKE, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [50, 25],
+      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48 };
+}
+
+export interface ReadBandwidth {
+  what: string;
+  gbps: Summary | null;
+  note?: string;
+}
+
+export interface DecodeRow {
+  ramCachePercent: number;
+  ramCacheBytes: number;
+  io: 'direct' | 'page cache';
+  promptTokens: number;
+  promptMs: number;
+  /** Per timed token. */
+  msPerToken: Summary;
+  tokensPerS: number;
+  hitRate: number;
+  bytesReadPerToken: number;
+  stallMsPerToken: number;
+  /** Wall time of the expert stages (routing to last result), per token; the rest is attention, norms, router, output on the main thread. */
+  expertWallMsPerToken: number;
+  /** Worker compute time per token (summed over workers). */
+  computeMsPerToken: number;
+  readBoundMs: number;
+  computeBoundMs: number;
+  boundMs: number;
+  ratio: number;
+}
+
+export interface OffloadBenchResult {
+  model: { path: string; fileBytes: number; created: boolean; generateSeconds: number; shape: OffloadModelShape; note?: string };
+  threads: number;
+  expertBytes: number;
+  /** Bytes whose product a decode token computes: k x layers x expert bytes + resident matrices used per token. */
+  computedBytesPerToken: { experts: number; resident: number; total: number };
+  pageCacheDrop: string;
+  sequentialColdRead: ReadBandwidth | null;
+  directRead: ReadBandwidth;
+  pageCacheRead: ReadBandwidth;
+  expertFfnGbps: Summary;
+  rows: DecodeRow[];
+  seconds: number;
+}
+
+const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+
+/** Drops the kernel's page cache (root only, and only where the container allows it). */
+function dropPageCache(): string | null {
+  try {
+    writeFileSync('/proc/sys/vm/drop_caches', '1');
+    return null;
+  } catch (err) {
+    return errorText(err);
+  }
+}
+
+function randomExperts(locator: ExpertLocator, count: number, seed: number): ExpertRange[] {
+  const next = mulberry32(seed);
+  return Array.from({ length: count }, () =>
+    locator.expertRange(Math.floor(next() * locator.layers), Math.floor(next() * locator.expertCount)));
+}
+
+/** Reads the experts' three ranges, `k` experts at a time (all 3k reads in flight, as the dispatcher does for one layer's misses). */
+async function readExperts(file: PositionedFile, experts: ExpertRange[], k: number, buffers: Uint8Array[]): Promise<number> {
+  let bytes = 0;
+  for (let i = 0; i < experts.length; i += k) {
+    const reads: Promise<void>[] = [];
+    experts.slice(i, i + k).forEach((e, j) => EXPERT_MATRICES.forEach((m, mi) => {
+      const dst = buffers[j * 3 + mi]!.subarray(0, e[m].byteLength);
+      bytes += dst.byteLength;
+      reads.push(file.readInto(e[m].offset, dst));
+    }));
+    await Promise.all(reads);
+  }
+  return bytes;
+}
+
+async function expertReadBandwidth(path: string, locator: ExpertLocator, direct: boolean, count: number, passes: number): Promise<Summary> {
+  const k = Math.max(1, locator.expertUsedCount);
+  const buffers = Array.from({ length: 3 * k }, () => new Uint8Array(locator.maxExpertBytes()));
+  const file = new PositionedFile(path, { direct });
+  try {
+    const gbps: number[] = [];
+    // Direct reads: a fresh sample each pass (nothing to warm). Page cache: one sample, read once untimed first.
+    if (!direct) await readExperts(file, randomExperts(locator, count, 11), k, buffers);
+    for (let p = 0; p < passes; p++) {
+      const experts = randomExperts(locator, count, direct ? 100 + p : 11);
+      const t0 = performance.now();
+      const bytes = await readExperts(file, experts, k, buffers);
+      gbps.push(bytes / ((performance.now() - t0) / 1000) / 1e9);
+    }
+    return summarize(gbps);
+  } finally {
+    file.close();
+  }
+}
+
+/** Buffered sequential read of up to `maxBytes` from the start of the file, 4 MiB chunks, 4 in flight (cold after a cache drop). */
+async function sequentialRead(path: string, fileBytes: number, maxBytes: number): Promise<number> {
+  const chunk = 4 * MiB;
+  const inFlight = 4;
+  const end = Math.min(fileBytes, maxBytes);
+  const file = new PositionedFile(path);
+  const buffers = Array.from({ length: inFlight }, () => new Uint8Array(chunk));
+  try {
+    const t0 = performance.now();
+    for (let at = 0; at < end; at += chunk * inFlight) {
+      const reads: Promise<void>[] = [];
+      for (let j = 0; j < inFlight && at + j * chunk < end; j++) {
+        const pos = at + j * chunk;
+        reads.push(file.readInto(pos, buffers[j]!.subarray(0, Math.min(chunk, end - pos))));
+      }
+      await Promise.all(reads);
+    }
+    return end / ((performance.now() - t0) / 1000) / 1e9;
+  } finally {
+    file.close();
+  }
+}
+
+/** One thread, one token: expert FFN (gate, up, down matmuls) over a rotation of real experts, GB/s of expert bytes. */
+async function expertFfnThroughput(path: string, locator: ExpertLocator, count: number, quick: boolean): Promise<Summary> {
+  const file = new PositionedFile(path);
+  const experts: { gate: Uint8Array; up: Uint8Array; down: Uint8Array; range: ExpertRange }[] = [];
+  try {
+    for (const range of randomExperts(locator, count, 7)) {
+      const bufs = EXPERT_MATRICES.map((m) => new Uint8Array(range[m].byteLength));
+      await Promise.all(EXPERT_MATRICES.map((m, i) => file.readInto(range[m].offset, bufs[i]!)));
+      experts.push({ gate: bufs[0]!, up: bufs[1]!, down: bufs[2]!, range });
+    }
+  } finally {
+    file.close();
+  }
+  const x = randomFloats(locator.expertRange(0, 0).gate.cols, 3);
+  let bytes = 0;
+  const mat = (data: Uint8Array, r: ExpertRange['gate']) => ({ type: r.type, rows: r.rows, cols: r.cols, data });
+  for (const e of experts) bytes += e.gate.byteLength + e.up.byteLength + e.down.byteLength;
+  const seconds = await timePasses(() => {
+    for (const e of experts) expertFfnBytes(mat(e.gate, e.range.gate), mat(e.up, e.range.up), mat(e.down, e.range.down), x, 1, 1);
+  }, quick ? { warmup: 1, reps: 3, minSeconds: 0 } : { warmup: 1, reps: 5, minSeconds: 1 });
+  return summarize(seconds.map((s) => bytes / s / 1e9));
+}
+
+/** Bytes of the resident matrices a decode token multiplies: attention q/k/v/output, routers, output (token_embd: one row). */
+function residentBytesPerToken(file: GGUFFile): number {
+  let n = 0;
+  for (const t of file.tensors.values()) {
+    if (/^blk\.\d+\.(attn_(q|k|v|output)|ffn_gate_inp|ffn_(gate|up|down)_shexp)\.weight$/.test(t.name) || t.name === 'output.weight') n += t.byteLength;
+  }
+  return n;
+}
+
+interface TokenDelta { ms: number; hits: number; misses: number; bytesRead: number; stallMs: number; wallMs: number; computeMs: number }
+
+function delta(a: ExpertStatsSnapshot, b: ExpertStatsSnapshot, ms: number): TokenDelta {
+  const d = (k: keyof ExpertStatsSnapshot['total']) => b.total[k] - a.total[k];
+  return { ms, hits: d('hits'), misses: d('misses'), bytesRead: d('bytesRead'), stallMs: d('stallMs'), wallMs: d('wallMs'), computeMs: d('computeMs') };
+}
+
+async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: OffloadSettings):
+  Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio'>> {
+  const model = await loadModel(path, { threads: s.threads, offload: { ramCache: `${percent}%`, threads: s.threads, directIo: io === 'direct' } });
+  try {
+    const prompt = model.tokenizer.encode(PROMPT, { addSpecial: true });
+    const seq = model.newSequence();
+    // Seeded sampling, not greedy: greedy decoding of random weights falls into a loop of 3-4 tokens,
+    // whose repeated routing would flatter the cache. Offloaded logits are bit-identical at every
+    // budget, so every setting decodes the same tokens.
+    const sampler = new Sampler({ temperature: 1, topK: 0, topP: 1, minP: 0, seed: 1 });
+    let t0 = performance.now();
+    let logits = await seq.eval(prompt, { lastOnly: true });
+    const promptMs = performance.now() - t0;
+    const timed: TokenDelta[] = [];
+    for (let i = 0; i < s.warmupTokens + s.timedTokens; i++) {
+      const token = sampler.sample(logits);
+      const before = model.expertStats()!;
+      t0 = performance.now();
+      logits = await seq.eval([token], { lastOnly: true });
+      const ms = performance.now() - t0;
+      if (i >= s.warmupTokens) timed.push(delta(before, model.expertStats()!, ms));
+    }
+    const n = timed.length;
+    const sum = (k: keyof TokenDelta) => timed.reduce((a, t) => a + t[k], 0);
+    const msPerToken = summarize(timed.map((t) => t.ms));
+    return {
+      ramCachePercent: percent, ramCacheBytes: model.expertStats()!.ramCacheBytes, io, promptTokens: prompt.length, promptMs,
+      msPerToken, tokensPerS: 1000 / msPerToken.median,
+      hitRate: sum('hits') / Math.max(1, sum('hits') + sum('misses')),
+      bytesReadPerToken: sum('bytesRead') / n, stallMsPerToken: sum('stallMs') / n,
+      expertWallMsPerToken: sum('wallMs') / n, computeMsPerToken: sum('computeMs') / n,
+    };
+  } finally {
+    await model.close();
+  }
+}
+
+export async function benchOffload(s: OffloadSettings, progress: (msg: string) => void): Promise<OffloadBenchResult> {
+  const start = performance.now();
+  let shape = s.shape;
+  let note: string | undefined;
+  const free = freeDiskBytes(tmpdir());
+  if (free < 8e9 && !existsSync(modelPath(shape))) {
+    note = `only ${(free / 1e9).toFixed(1)} GB free in ${tmpdir()}: the smaller ${OLMOE_LIKE_QUICK.nLayer}-layer model instead`;
+    shape = OLMOE_LIKE_QUICK;
+    progress(note);
+  }
+  const model = ensureOffloadModel(shape, progress);
+  if (model.created) progress(`generated in ${model.seconds.toFixed(1)} s`);
+  const file = GGUFFile.open(model.path);
+  const locator = new ExpertLocator(file);
+  const resident = residentBytesPerToken(file);
+  file.close();
+  const expertBytes = locator.expertBytes(0, 0);
+  const computedExperts = locator.expertUsedCount * locator.layers * expertBytes;
+
+  progress('read bandwidth: dropping the page cache');
+  const dropError = dropPageCache();
+  let sequentialColdRead: ReadBandwidth | null = null;
+  if (dropError === null) {
+    const maxBytes = s.quick ? 256 * MiB : 1024 * MiB;
+    progress(`read bandwidth: sequential cold read of ${maxBytes / MiB} MiB (buffered)`);
+    sequentialColdRead = { what: `sequential buffered read of ${maxBytes / MiB} MiB after dropping the page cache`, gbps: summarize([await sequentialRead(model.path, model.bytes, maxBytes)]) };
+  }
+  progress(`read bandwidth: ${s.bandwidthExperts} random experts with O_DIRECT, ${locator.expertUsedCount} at a time`);
+  const directRead: ReadBandwidth = { what: `O_DIRECT reads of random expert ranges (${s.bandwidthExperts} experts/pass, ${locator.expertUsedCount} in flight)`, gbps: null };
+  try {
+    directRead.gbps = await expertReadBandwidth(model.path, locator, true, s.bandwidthExperts, 2);
+  } catch (err) {
+    directRead.note = `n/a (${errorText(err)})`;
+  }
+  progress('read bandwidth: the same from the page cache');
+  const pageCacheRead: ReadBandwidth = {
+    what: `buffered reads of random expert ranges already in the page cache (${s.bandwidthExperts} experts/pass)`,
+    gbps: await expertReadBandwidth(model.path, locator, false, s.bandwidthExperts, 3),
+  };
+  progress(`expert FFN throughput: 1 thread, 1 token, ${s.kernelExperts} experts in rotation`);
+  const expertFfnGbps = await expertFfnThroughput(model.path, locator, s.kernelExperts, s.quick);
+
+  const computedTotal = computedExperts + resident;
+  const rows: DecodeRow[] = [];
+  const runs: [number, DecodeRow['io']][] = [
+    ...s.ramCachePercents.map((p): [number, DecodeRow['io']] => [p, 'direct']),
+    ...s.pageCachePercents.map((p): [number, DecodeRow['io']] => [p, 'page cache']),
+  ];
+  for (const [percent, io] of runs) {
+    progress(`decode: RAM cache ${percent}%, misses read ${io === 'direct' ? 'with O_DIRECT' : 'through the page cache'}`);
+    const r = await decodeRun(model.path, percent, io, s);
+    const bw = (io === 'direct' ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
+    const readBoundMs = r.bytesReadPerToken / (bw * 1e9) * 1000;
+    const computeBoundMs = computedTotal / (expertFfnGbps.median * 1e9 * s.threads) * 1000;
+    const boundMs = Math.max(readBoundMs, computeBoundMs);
+    rows.push({ ...r, readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs });
+  }
+  return {
+    model: { path: model.path, fileBytes: model.bytes, created: model.created, generateSeconds: model.seconds, shape, note },
+    threads: s.threads, expertBytes,
+    computedBytesPerToken: { experts: computedExperts, resident, total: computedTotal },
+    pageCacheDrop: dropError === null ? 'dropped (echo 1 > /proc/sys/vm/drop_caches)' : `not permitted: ${dropError}`,
+    sequentialColdRead, directRead, pageCacheRead, expertFfnGbps, rows,
+    seconds: (performance.now() - start) / 1000,
+  };
+}
+
+export function offloadTable(r: OffloadBenchResult): string {
+  const f = (v: number, d = 2) => v.toFixed(d);
+  const mb = (b: number) => f(b / 1e6, 1);
+  const sh = r.model.shape;
+  const bwLine = (b: ReadBandwidth | null) => (b?.gbps ? `${f(b.gbps.median)} GB/s [${f(b.gbps.min)}..${f(b.gbps.max)}]` : (b?.note ?? 'n/a'));
+  const lines = [
+    `moe-offload offload bench: ${sh.nLayer} layers, ${sh.nExpert} experts of ${sh.nEmbd}x${sh.nFf} (${mb(r.expertBytes)} MB q4_0), top-${sh.nUsed}, ${r.threads} threads`,
+    `model ${r.model.path} (${f(r.model.fileBytes / 1e9)} GB, ${r.model.created ? `generated in ${f(r.model.generateSeconds, 1)} s` : 'reused'})${r.model.note ? `; ${r.model.note}` : ''}`,
+    `page cache: ${r.pageCacheDrop}`,
+    ...(r.sequentialColdRead ? [`sequential cold read: ${bwLine(r.sequentialColdRead)} (${r.sequentialColdRead.what})`] : []),
+    `disk read:        ${bwLine(r.directRead)} (${r.directRead.what})`,
+    `page-cache read:  ${bwLine(r.pageCacheRead)} (${r.pageCacheRead.what})`,
+    `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] per thread (gate+up+down matmuls, 1 token, experts from RAM)`,
+    `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output)`,
+    'bound = max(read MB/token / read GB/s, computed MB/token / (expert FFN GB/s x threads)); ratio = median ms/token / bound',
+    '',
+  ];
+  const header = ['RAM cache', 'misses via', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
+  const rows = [header, ...r.rows.map((x) => [
+    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.io, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
+    f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1),
+    f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1), f(x.ratio),
+    x.ratio <= TARGET_RATIO ? 'met' : `NOT met (target <= ${TARGET_RATIO})`,
+  ])];
+  const widths = header.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  for (const row of rows) lines.push(row.map((c, i) => (i <= 1 || i === row.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
+  lines.push('experts ms: wall time of the MoE expert stages per token; other ms: the rest (attention, norms, routers, output, on the main thread)');
+  lines.push(`offload part took ${f(r.seconds, 1)} s`);
+  return `${lines.join('\n')}\n`;
+}
