@@ -12,8 +12,8 @@ import type { KernelResult, MatrixShape } from './kernels.js';
 import type { RepeatOptions } from './stats.js';
 import type { TraceBenchResult } from './trace.js';
 
-const USAGE = 'usage: node dist/bench/run.js [--quick] [--only kernels|ort|bandwidth|trace[,...]]';
-const PARTS = ['bandwidth', 'kernels', 'ort', 'trace'] as const;
+const USAGE = 'usage: node dist/bench/run.js [--quick] [--only kernels|ort|bandwidth|trace|offload[,...]]';
+const PARTS = ['bandwidth', 'kernels', 'ort', 'trace', 'offload'] as const;
 /** The parts that make the kernel table and its -kernels.json. */
 const KERNEL_PARTS: readonly Part[] = ['bandwidth', 'kernels', 'ort'];
 type Part = (typeof PARTS)[number];
@@ -143,10 +143,26 @@ async function runTraceBench(quick: boolean): Promise<void> {
   progress(`wrote ${path.relative(process.cwd(), file)}`);
 }
 
+/** The offload part (bench/offload.ts): table on stdout, bench/results/<stamp>-offload.json; a failure is reported, not fatal. */
+async function runOffloadBench(quick: boolean): Promise<void> {
+  try {
+    const { benchOffload, defaultOffloadSettings, offloadTable } = await import('./offload.js');
+    const result = await benchOffload(defaultOffloadSettings(quick), progress);
+    process.stdout.write(`\n${offloadTable(result)}`);
+    const stamp = new Date().toISOString();
+    const file = path.join(resultsDir(), `${stamp.replace(/:/g, '-')}-offload.json`);
+    writeFileSync(file, `${JSON.stringify({ timestamp: stamp, machine: machine(), quick, ...result }, null, 2)}\n`);
+    progress(`wrote ${path.relative(process.cwd(), file)}`);
+  } catch (err) {
+    process.stdout.write(`\noffload bench: n/a (${errorText(err)})\n`);
+  }
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (KERNEL_PARTS.some((p) => args.parts.has(p))) await runKernelBench(args);
   if (args.parts.has('trace')) await runTraceBench(args.quick);
+  if (args.parts.has('offload')) await runOffloadBench(args.quick);
 }
 
 async function runKernelBench(args: Args): Promise<void> {
