@@ -4,7 +4,7 @@
 // x threads)). Misses are read with O_DIRECT (generate --direct-io) so they cost a disk read, not a
 // page-cache copy, whatever the page cache holds; page-cache rows show the warm-file case.
 import { existsSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { loadModel, type ExpertStatsSnapshot } from '../src/engine/model.js';
 import { Sampler } from '../src/engine/sampler.js';
 import { expertFfnBytes } from '../src/experts/ffn.js';
@@ -86,6 +86,8 @@ export interface OffloadBenchResult {
   pageCacheRead: ReadBandwidth;
   expertFfnGbps: Summary;
   rows: DecodeRow[];
+  /** 1-minute load average before and after (the machine may be shared). */
+  loadAverage: { before: number; after: number };
   seconds: number;
 }
 
@@ -243,6 +245,7 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: 
 
 export async function benchOffload(s: OffloadSettings, progress: (msg: string) => void): Promise<OffloadBenchResult> {
   const start = performance.now();
+  const loadBefore = loadavg()[0]!;
   let shape = s.shape;
   let note: string | undefined;
   const free = freeDiskBytes(tmpdir());
@@ -303,7 +306,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     threads: s.threads, expertBytes,
     computedBytesPerToken: { experts: computedExperts, resident, total: computedTotal },
     pageCacheDrop: dropError === null ? 'dropped (echo 1 > /proc/sys/vm/drop_caches)' : `not permitted: ${dropError}`,
-    sequentialColdRead, directRead, pageCacheRead, expertFfnGbps, rows,
+    sequentialColdRead, directRead, pageCacheRead, expertFfnGbps, rows, loadAverage: { before: loadBefore, after: loadavg()[0]! },
     seconds: (performance.now() - start) / 1000,
   };
 }
@@ -325,16 +328,17 @@ export function offloadTable(r: OffloadBenchResult): string {
     'bound = max(read MB/token / read GB/s, computed MB/token / (expert FFN GB/s x threads)); ratio = median ms/token / bound',
     '',
   ];
-  const header = ['RAM cache', 'misses via', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
+  const header = ['RAM cache', 'misses via', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
   const rows = [header, ...r.rows.map((x) => [
     `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.io, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
-    f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1),
+    f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1), f(x.computeMsPerToken, 1),
     f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1), f(x.ratio),
     x.ratio <= TARGET_RATIO ? 'met' : `NOT met (target <= ${TARGET_RATIO})`,
   ])];
   const widths = header.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
   for (const row of rows) lines.push(row.map((c, i) => (i <= 1 || i === row.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
-  lines.push('experts ms: wall time of the MoE expert stages per token; other ms: the rest (attention, norms, routers, output, on the main thread)');
-  lines.push(`offload part took ${f(r.seconds, 1)} s`);
+  lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN time inside the workers, summed over');
+  lines.push('workers; other ms = ms/tok - experts ms (attention, norms, routers, output, on the main thread)');
+  lines.push(`offload part took ${f(r.seconds, 1)} s; load average ${f(r.loadAverage.before)} before, ${f(r.loadAverage.after)} after (${r.threads} cores; others' load slows every number)`);
   return `${lines.join('\n')}\n`;
 }
