@@ -151,7 +151,7 @@ test('tier reports: per token and per expert job (batch rows), written once comp
   rec.serveExpert(2, 5, 'disk', 999.6, [1]);
   assert.equal(sink.records.length, 2);
   assert.deepEqual(sink.records[0], {
-    seq: 0, pos: 0, experts: [[3, 1], [0, 4]], weights: [[0.7, 0.3], [0.5, 0.5]],
+    seq: 0, pos: 0, batch: 0, experts: [[3, 1], [0, 4]], weights: [[0.7, 0.3], [0.5, 0.5]],
     tier: [['disk', 'ram'], ['ram', 'gpu']], stall_us: [[120, 0], [0, 0]],
   });
   assert.deepEqual(sink.records[1]!.tier, [['ram', 'disk'], ['gpu', 'disk']]);
@@ -166,7 +166,7 @@ test('tier reports: per token and per expert job (batch rows), written once comp
   assert.equal(sink.records.length, 2);
   rec.route(0, 3, [0, 1], [0.5, 0.5]);
   assert.equal(sink.records.length, 3);
-  assert.deepEqual(sink.records[2], { seq: 0, pos: 2, experts: [[2, 3], [1, 0]], weights: [[0.5, 0.5], [0.8, 0.2]] });
+  assert.deepEqual(sink.records[2], { seq: 0, pos: 2, batch: 1, experts: [[2, 3], [1, 0]], weights: [[0.5, 0.5], [0.8, 0.2]] });
 
   // A new sequence: the half-routed token at position 3 is dropped, numbering restarts.
   rec.nextSequence();
@@ -285,6 +285,47 @@ test('generate --trace FILE, then report --trace FILE --json', async () => {
     assert.equal(j.trace.experts, header.experts);
     assert.equal(j.trace.tokens, records.length);
     assert.equal(j.srp['4']!.layers.length, header.layers);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('generate --trace with a small --ram-cache: every expert has a tier; disk = misses, ram = hits, per batch job', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'trace-tier-'));
+  const bin = resolve(HERE, '..', '..', 'bin', 'moe-offload.js');
+  const model = join(FIXTURES, 'qwen2moe-q4_0.gguf');
+  try {
+    const p = join(dir, 'T');
+    const gen = spawnSync(process.execPath, [bin, 'generate', '--model', model, '--prompt', 'the cat sat on the mat', '--max-tokens', '6',
+      '--temperature', '0', '--threads', '1', '--ram-cache', '25%', '--json', '--trace', p], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(gen.status, 0, gen.stderr);
+    const out = JSON.parse(gen.stdout) as { stats: { experts: { total: { hits: number; misses: number } } } };
+    const { header, records } = await readAll(p);
+    assert.ok(header);
+    // One tier per (batch, layer, expert): the dispatcher runs each expert once for all its tokens.
+    const jobs = new Map<string, string>();
+    let stalls = 0;
+    for (const r of records) {
+      assert.ok(r.tier && r.stall_us, `pos ${r.pos} has tiers`);
+      const batch = (r as TokenRecord & { batch?: number }).batch;
+      assert.ok(Number.isInteger(batch), `pos ${r.pos} has a batch`);
+      r.experts.forEach((sel, l) => sel.forEach((e, j) => {
+        const tier = r.tier![l]![j]!;
+        assert.ok(tier === 'ram' || tier === 'disk', tier);
+        assert.ok(Number.isInteger(r.stall_us![l]![j]) && r.stall_us![l]![j]! >= 0);
+        if (tier === 'disk') stalls += r.stall_us![l]![j]!;
+        const key = `${r.seq}/${batch}/${l}/${e}`;
+        const seen = jobs.get(key);
+        if (seen !== undefined) assert.equal(tier, seen, `tokens of one batch share the job's tier (${key})`);
+        jobs.set(key, tier);
+      }));
+    }
+    const count = (t: string) => [...jobs.values()].filter((x) => x === t).length;
+    const total = out.stats.experts.total;
+    assert.ok(total.misses > 0 && total.hits > 0, `a budget that both hits and misses: ${JSON.stringify(total)}`);
+    assert.equal(count('disk'), total.misses);
+    assert.equal(count('ram'), total.hits);
+    assert.ok(stalls > 0, 'reads take time');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -88,8 +88,12 @@ export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
 
 async function runGenerate(o: GenerateOptions): Promise<void> {
   // Experts always go through the offloading path; with the default budget they usually all fit.
-  const trace = startTrace(o.trace);
-  const model = await loadModel(o.model, { threads: o.threads, onRoute: trace?.onRoute, offload: { ramCache: o.ramCache, directIo: o.directIo, threads: o.threads } });
+  // The dispatcher reports where each expert came from (tier, stall), so the trace records tiers.
+  const trace = startTrace(o.trace, { tiers: true });
+  const model = await loadModel(o.model, {
+    threads: o.threads, onRoute: trace?.onRoute,
+    offload: { ramCache: o.ramCache, directIo: o.directIo, threads: o.threads, onServe: trace?.onServe },
+  });
   try {
     const tok = model.tokenizer;
     const prompt = tok.encode(o.prompt, { addSpecial: true });

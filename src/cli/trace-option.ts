@@ -1,8 +1,8 @@
 // `--trace FILE` for the commands that run a model: record the routing of the run as a trace
 // (src/trace/FORMAT.md) that `report` and `simulate` read.
 //
-//   const trace = startTrace(o.trace);                       // before loadModel
-//   loadModel(path, { ..., onRoute: trace?.onRoute });
+//   const trace = startTrace(o.trace, { tiers: true });      // before loadModel
+//   loadModel(path, { ..., onRoute: trace?.onRoute, offload: { ..., onServe: trace?.onServe } });
 //   trace?.begin(path, promptIds);                           // once the prompt is tokenized
 //   ... generate ...
 //   trace?.close();                                          // on success: PATH.partial -> PATH

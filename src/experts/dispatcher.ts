@@ -3,6 +3,7 @@
 // together); each expert's pin is released as soon as its result is back. The caller (the engine's
 // MoE layer) gets one output block per expert and combines them in each token's selection order, so
 // the result does not depend on which expert finished first.
+import { accessOrder } from './access-order.js';
 import type { HostCache, HostEntry } from './host-cache.js';
 import type { ExpertLocator, ExpertMatrix } from './locator.js';
 import type { ExpertPool, MatrixInSlab } from './pool.js';
@@ -24,12 +25,24 @@ export interface ExpertRunner {
   runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]>;
 }
 
+/** Where one job's weights came from: 'ram' = a cache hit (also joining a load already under way, as the
+ * cache's hit counter has it), 'disk' = this job's lookup missed and read the expert. */
+export type ServeTier = 'ram' | 'disk';
+
+/**
+ * Called once per expert job, when its weights are in RAM: the tier, the wall-clock microseconds from
+ * the job's lookup until its weights were ready (near 0 for a loaded expert), and the job's rows
+ * (token indices in the batch).
+ */
+export type ServeHook = (layer: number, expert: number, tier: ServeTier, stallUs: number, rows: Int32Array) => void;
+
 export interface DispatcherParts {
   cache: HostCache;
   reader: ExpertReader;
   pool: ExpertPool;
   locator: ExpertLocator;
   stats: ExpertStats;
+  onServe?: ServeHook;
 }
 
 /** Wall-clock accounting of one layer's stall: time with reads outstanding and nothing computing. */
@@ -58,14 +71,14 @@ export class ExpertDispatcher implements ExpertRunner {
   }
 
   async runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]> {
-    const { cache, reader, pool, locator, stats } = this.parts;
+    const { cache, reader, pool, locator, stats, onServe } = this.parts;
     const t0 = performance.now();
     const xs = onSharedMemory(x);
     const results: Float32Array[] = new Array<Float32Array>(jobs.length);
-    // Resident experts first: they compute while the misses are read. At most `capacity` experts are
-    // pinned at once, so a batch that routes to more experts than the cache holds runs in waves.
-    const order = jobs.map((_, i) => i);
-    order.sort((a, b) => Number(cache.has(layer, jobs[b]!.expert)) - Number(cache.has(layer, jobs[a]!.expert)));
+    // Resident experts first: they compute while the misses are read (access-order.ts; `simulate`
+    // replays the same order). At most `capacity` experts are pinned at once, so a batch that routes to
+    // more experts than the cache holds runs in waves.
+    const order = accessOrder(layer, jobs.map((j) => j.expert), (l, e) => cache.has(l, e));
     const clock = new StallClock();
     const limit = Math.max(1, Math.min(cache.capacity, jobs.length));
     let next = 0;
@@ -74,14 +87,19 @@ export class ExpertDispatcher implements ExpertRunner {
     const runOne = async (i: number): Promise<void> => {
       const job = jobs[i]!;
       clock.loadStart();
+      const asked = performance.now();
+      // getOrLoad calls the loader synchronously exactly when its lookup counts a miss: the tier
+      // reported here always agrees with the cache's hit/miss counters.
+      let read = false;
       let entry: HostEntry;
       try {
-        entry = await cache.getOrLoad(layer, job.expert, (e) => reader.load(e));
+        entry = await cache.getOrLoad(layer, job.expert, (e) => { read = true; return reader.load(e); });
       } finally {
         clock.loadEnd();
       }
       try {
         if (failure !== undefined) return;
+        onServe?.(layer, job.expert, read ? 'disk' : 'ram', Math.round((performance.now() - asked) * 1000), job.rows);
         const matrix = (m: ExpertMatrix): MatrixInSlab => {
           const loc = locator.locate(layer, job.expert, m);
           return { offset: entry.ranges[m].offset, byteLength: entry.ranges[m].byteLength, type: loc.type, rows: loc.rows, cols: loc.cols };

@@ -2,7 +2,7 @@
 // reader that fills it, the worker pool and the dispatcher. The engine sees one ExpertRunner.
 import { PositionedFile } from '../native/io.js';
 import { UsageError } from '../model/errors.js';
-import { ExpertDispatcher, type ExpertJob, type ExpertRunner } from './dispatcher.js';
+import { ExpertDispatcher, type ExpertJob, type ExpertRunner, type ServeHook } from './dispatcher.js';
 import { HostCache, minimumBudget, slotLayout } from './host-cache.js';
 import type { ExpertLocator } from './locator.js';
 import { ExpertPool } from './pool.js';
@@ -20,6 +20,8 @@ export interface OffloadOptions {
   directIo?: boolean;
   /** Worker threads computing experts (default 1). */
   threads?: number;
+  /** Told, per expert job, which tier served it and how long it waited (trace recording: CliTrace.onServe). */
+  onServe?: ServeHook;
 }
 
 /** Bytes all experts take in the cache: every (layer, expert) in a slot (matrices padded to 64 bytes). */
@@ -74,7 +76,8 @@ export class ExpertOffload implements ExpertRunner {
     this.statsKeeper = new ExpertStats(locator.layers);
     const reader = new ExpertReader(this.file, locator, (l, bytes, ms) => this.statsKeeper.addRead(l, bytes, ms));
     this.pool = new ExpertPool({ threads: opts.threads ?? 1 });
-    this.dispatcher = new ExpertDispatcher({ cache: this.cache, reader, pool: this.pool, locator, stats: this.statsKeeper });
+    this.dispatcher = new ExpertDispatcher({ cache: this.cache, reader, pool: this.pool, locator, stats: this.statsKeeper,
+      ...(opts.onServe ? { onServe: opts.onServe } : {}) });
   }
 
   runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]> {

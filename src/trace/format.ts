@@ -4,11 +4,11 @@
 //   line 1:  {"format":"moe-offload-trace","version":1,"model":..,"architecture":..,"layers":L,
 //             "experts":E,"k":K,"shared_experts":S,"prompt_ids":[..], optional "expert_bytes", "created", ...}
 //   then one line per token and sequence step:
-//            {"seq":0,"pos":5,"experts":[[..k ids..] x L],"weights":[[..] x L],
+//            {"seq":0,"pos":5,"batch":3,"experts":[[..k ids..] x L],"weights":[[..] x L],
 //             "tier":[["gpu"|"ram"|"disk" x k] x L],"stall_us":[[..] x L]}
 //
 // experts[l] is layer l's selection in router order; weights, tier and stall_us (optional) have the same
-// shape. The plain import layout (import.ts) is the same token lines without the header.
+// shape. batch (optional) is the index of the eval call that processed the token within its sequence. The plain import layout (import.ts) is the same token lines without the header.
 //
 // Streaming and crash safety: the writer appends to FILE.partial and renames it to FILE on close(). The
 // lines are compressed in batches, each batch a complete gzip member (a gzip file may be a series of
@@ -22,6 +22,12 @@ import { FileAccessError, UnsupportedError, UsageError } from '../model/errors.j
 import { parseTokenLine, type TokenRecord } from './import.js';
 
 export type { TokenRecord, Tier } from './import.js';
+
+/** A token line as this format has it: the import layout's fields plus the optional batch index. */
+export interface TraceTokenRecord extends TokenRecord {
+  /** Index of the eval call (batch) that processed this token, within its sequence: 0 = the prompt. */
+  batch?: number;
+}
 
 export const TRACE_FORMAT = 'moe-offload-trace';
 export const TRACE_VERSION = 1;
@@ -42,6 +48,8 @@ export interface TraceHeader {
   prompt_ids: number[] | number[][];
   /** Bytes of one routed expert (all its matrices), when known. */
   expert_bytes?: number;
+  /** Bytes one expert takes in the live RAM cache (matrices padded to 64 bytes), when known. */
+  slot_bytes?: number;
   /** ISO time the recording started. */
   created?: string;
   [extra: string]: unknown;
@@ -74,7 +82,7 @@ export class TraceWriter {
   }
 
   /** Records one token of one sequence. */
-  token(record: TokenRecord): void {
+  token(record: TraceTokenRecord): void {
     if (this.closed) throw new Error('TraceWriter.token after close');
     this.lines.push(JSON.stringify(record));
     if (this.lines.length >= FLUSH_TOKENS || Date.now() - this.lastFlush >= FLUSH_MS) this.flush();
@@ -183,11 +191,24 @@ export interface OpenedTrace {
   /** Our header, or null for the plain import layout. */
   header: TraceHeader | null;
   /** The token records in file order. */
-  records: AsyncGenerator<TokenRecord>;
+  records: AsyncGenerator<TraceTokenRecord>;
   /** Set once `records` is exhausted: whether the file ended in a cut-off line (an interrupted run). */
   readonly truncated: boolean;
   /** The line number of the record last returned. */
   readonly line: number;
+}
+
+/** parseTokenLine plus the optional "batch" (a non-negative integer). */
+function parseTraceTokenLine(obj: unknown, where: string): TraceTokenRecord {
+  const rec: TraceTokenRecord = parseTokenLine(obj, where);
+  const batch = (obj as { batch?: unknown }).batch;
+  if (batch !== undefined) {
+    if (typeof batch !== 'number' || !Number.isInteger(batch) || batch < 0) {
+      throw new UsageError(`${where}: "batch" must be a non-negative integer, got ${JSON.stringify(batch)}`, 'leave "batch" out, or give the index of the eval call that processed the token');
+    }
+    rec.batch = batch;
+  }
+  return rec;
 }
 
 function isHeader(obj: unknown): obj is TraceHeader {
@@ -210,7 +231,7 @@ function checkHeader(h: TraceHeader, where: string): void {
 export async function openTrace(path: string, onProgress?: ReadProgress): Promise<OpenedTrace> {
   const lines = readLines(path, onProgress);
   let header: TraceHeader | null = null;
-  let pending: TokenRecord | null = null;
+  let pending: TraceTokenRecord | null = null;
   let truncated = false;
   let done = false;
   let current = 0;
@@ -237,11 +258,11 @@ export async function openTrace(path: string, onProgress?: ReadProgress): Promis
     if (isHeader(obj)) {
       checkHeader(obj, `${path}:${line}`);
       header = obj;
-    } else pending = parseTokenLine(obj, `${path}:${line}`);
+    } else pending = parseTraceTokenLine(obj, `${path}:${line}`);
     current = line;
     break;
   }
-  async function* records(): AsyncGenerator<TokenRecord> {
+  async function* records(): AsyncGenerator<TraceTokenRecord> {
     if (pending) yield pending;
     if (done) return;
     for await (const { text, line, last } of lines) {
@@ -256,7 +277,7 @@ export async function openTrace(path: string, onProgress?: ReadProgress): Promis
         }
         throw new UsageError(`${path}:${line}: not a JSON object`, 'each line of a trace is one JSON object');
       }
-      const rec = parseTokenLine(obj, `${path}:${line}`);
+      const rec = parseTraceTokenLine(obj, `${path}:${line}`);
       if (header && rec.experts.length !== header.layers) {
         throw new UsageError(`${path}:${line}: token has ${rec.experts.length} layers, the header says ${header.layers}`, 'the trace is damaged; re-record it');
       }

@@ -12,12 +12,18 @@
 // One sequence at a time (onRoute does not say which sequence a token belongs to); nextSequence() starts
 // the next one. A process that exits without close() still flushes the complete tokens to PATH.partial
 // (exit handler); a killed one leaves every batch written before, which the readers accept.
+//
+// Batches: each token line carries "batch", the index of the eval call that processed it (the prompt is
+// batch 0, each decode step the next). A batch starts when the first MoE layer routes again after a
+// later layer routed or an expert was served; so with a single MoE layer and no tier reports, decode
+// steps cannot be told apart and share one batch number.
 import { basename } from 'node:path';
 import { GGUFFile, getString, requireString } from '../model/gguf.js';
 import { resolveArchitecture } from '../model/arch/index.js';
 import { ExpertLocator, type TensorSource } from '../experts/locator.js';
-import { TraceWriter, type TraceHeader } from './format.js';
-import type { Tier, TokenRecord } from './import.js';
+import { slotBytesOf } from '../experts/offload.js';
+import { TraceWriter, type TraceHeader, type TraceTokenRecord } from './format.js';
+import type { Tier } from './import.js';
 
 /** What the trace header says about the model, plus which blocks are MoE layers. */
 export interface TraceModelInfo {
@@ -29,6 +35,8 @@ export interface TraceModelInfo {
   shared_experts: number;
   /** Bytes of one routed expert (gate + up + down). */
   expert_bytes: number;
+  /** Bytes one expert takes in the RAM cache (each matrix padded to 64 bytes; the largest over layers). */
+  slot_bytes: number;
   /** Block index of each MoE layer, ascending (trace layer l = block moeBlocks[l]). */
   moeBlocks: number[];
 }
@@ -47,6 +55,7 @@ export function traceModelInfo(source: TensorSource): TraceModelInfo {
     k: locator.expertUsedCount,
     shared_experts: resolveArchitecture(architecture).sharedExpert ? 1 : 0,
     expert_bytes: locator.maxExpertBytes(),
+    slot_bytes: slotBytesOf(locator),
     moeBlocks,
   };
 }
@@ -63,7 +72,7 @@ export function readTraceModelInfo(modelPath: string): TraceModelInfo {
 
 /** Where a record goes: a TraceWriter, or anything with its token/flush/close. */
 export interface TokenSink {
-  token(record: TokenRecord): void;
+  token(record: TraceTokenRecord): void;
   flush(): void;
   close(): void;
 }
@@ -78,6 +87,7 @@ export interface RecorderOptions {
 
 interface PendingToken {
   pos: number;
+  batch: number;
   experts: (number[] | undefined)[];
   weights: (number[] | undefined)[];
   tier: (Tier | undefined)[][] | undefined;
@@ -114,6 +124,8 @@ export class TraceRecorder {
   private readonly batchPositions: number[][];
   /** An event other than a first-layer route happened since the last first-layer route: the next one starts a batch. */
   private batchMoved = false;
+  /** The current batch's index in the sequence (its eval call): written as "batch" on token lines. */
+  private batch = 0;
   private closed = false;
   private tokensWritten = 0;
 
@@ -137,14 +149,17 @@ export class TraceRecorder {
     const l = this.layerOf[layer] ?? -1;
     if (l < 0) return;
     if (l === 0) {
-      if (this.batchMoved) this.endBatch();
+      if (this.batchMoved) {
+        this.endBatch();
+        this.batch++;
+      }
       this.batchMoved = false;
     } else this.batchMoved = true;
     this.batchPositions[l]!.push(position);
     let t = this.pending.get(position);
     if (!t) {
       t = {
-        pos: position, experts: new Array(this.nLayers), weights: new Array(this.nLayers),
+        pos: position, batch: this.batch, experts: new Array(this.nLayers), weights: new Array(this.nLayers),
         tier: this.tiers ? new Array(this.nLayers) : undefined, stallUs: this.tiers ? new Array(this.nLayers) : undefined,
         layersSeen: 0, unserved: 0,
       };
@@ -203,6 +218,8 @@ export class TraceRecorder {
   nextSequence(): void {
     this.endBatch();
     this.seq++;
+    this.batch = 0;
+    this.batchMoved = false;
   }
 
   /** Writes finished tokens and flushes the sink (complete tokens only: half-routed ones wait). */
@@ -237,7 +254,7 @@ export class TraceRecorder {
 
   private write(t: PendingToken): void {
     if (t.layersSeen < this.nLayers) return; // never fully routed (interrupted mid-forward)
-    const rec: TokenRecord = { seq: this.seq, pos: t.pos, experts: t.experts as number[][], weights: t.weights as number[][] };
+    const rec: TraceTokenRecord = { seq: this.seq, pos: t.pos, batch: t.batch, experts: t.experts as number[][], weights: t.weights as number[][] };
     if (t.tier && t.unserved === 0) {
       rec.tier = t.tier as Tier[][];
       rec.stall_us = t.stallUs!;
@@ -265,6 +282,7 @@ export function openTraceRecorder(path: string, info: TraceModelInfo, promptIds:
     shared_experts: info.shared_experts,
     prompt_ids: promptIds,
     expert_bytes: info.expert_bytes,
+    slot_bytes: info.slot_bytes,
   };
   const writer = TraceWriter.create(path, header);
   const rec = new TraceRecorder({
