@@ -18,7 +18,7 @@ import { summarize, timePasses, type Summary } from './stats.js';
 
 const MiB = 1024 * 1024;
 const TARGET_RATIO = 1.3;
-/** Opening of Moby-Dick, about 64 tokens with the fixture vocabulary: enough for the prompt batch to route to nearly every expert. */
+/** Opening of Moby-Dick, 104 tokens with the fixture vocabulary: enough for the prompt batch to route to nearly every expert. */
 const PROMPT = 'Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, '
   + 'and nothing particular to interest me on shore, I thought I would sail about a little and see the watery part of the world.';
 
