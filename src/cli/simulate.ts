@@ -6,7 +6,8 @@ import { UsageError } from '../model/errors.js';
 import { formatBytes } from '../model/bytes.js';
 import { parseSize, SIZE_FORMS } from '../experts/size.js';
 import { CACHE_POLICIES, type CachePolicy } from '../trace/metrics.js';
-import { simulateTrace } from '../trace/simulate.js';
+import { readTraceBatches, simulateTrace } from '../trace/simulate.js';
+import { tokenCount } from '../trace/routing.js';
 import { loadTraceForCli, parseExpertBytes, parsePositiveInt } from './report.js';
 
 interface SimulateOptions {
@@ -44,27 +45,36 @@ export function registerSimulateCommand(program: Command): void {
       const t = await loadTraceForCli(opts.trace, experts, opts.progress);
       const r = t.routing;
       const expertBytes = givenBytes ?? t.header?.expert_bytes ?? null;
+      // What one expert takes in the live cache (matrices padded to 64 bytes): the header's slot_bytes,
+      // so a budget gives the same number of slots as generate's HostCache; else the expert's bytes.
+      const slotBytes = givenBytes ?? t.header?.slot_bytes ?? expertBytes;
       let capacity: number;
       let budgetBytes: number | null = null;
       if (perLayer !== undefined) capacity = perLayer * r.layers;
       else {
-        if (expertBytes === null) {
+        if (slotBytes === null) {
           throw new UsageError(`--ram-cache ${opts.ramCache} needs the size of an expert, which this trace does not record`, 'give --expert-bytes B, or --cache-experts N');
         }
-        budgetBytes = parseSize(opts.ramCache!, { totalBytes: r.layers * r.experts * expertBytes, what: '--ram-cache' });
-        capacity = Math.floor(budgetBytes / expertBytes);
-        if (capacity < 1) throw new UsageError(`--ram-cache ${opts.ramCache} holds no expert (${formatBytes(expertBytes)} each)`, 'give a larger size');
+        // As the live run (experts/offload.ts resolveRamCache): percent of all experts' slots, at most all.
+        const all = r.layers * r.experts * slotBytes;
+        budgetBytes = Math.min(parseSize(opts.ramCache!, { totalBytes: all, what: '--ram-cache' }), all);
+        capacity = Math.floor(budgetBytes / slotBytes);
+        if (capacity < 1) throw new UsageError(`--ram-cache ${opts.ramCache} holds no expert (${formatBytes(slotBytes)} each)`, 'give a larger size');
       }
       capacity = Math.min(capacity, r.layers * r.experts);
-      const res = simulateTrace(r, policy, capacity, expertBytes);
+      const batches = policy === 'lru' ? await readTraceBatches(opts.trace) : null;
+      const res = simulateTrace(r, policy, capacity, expertBytes, batches);
+      if (res.oversizedBatchLayers > 0) {
+        process.stderr.write(`note: ${res.oversizedBatchLayers} batch-layers route to more distinct experts than the cache's ${capacity}; the live run does them in waves whose order depends on timing, so for them the replay is an approximation\n`);
+      }
       if (opts.json) {
-        process.stdout.write(`${JSON.stringify({ trace: opts.trace, budgetBytes, expertBytes, ...res })}\n`);
+        process.stdout.write(`${JSON.stringify({ trace: opts.trace, budgetBytes, expertBytes, slotBytes, ...res })}\n`);
         return;
       }
       const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
       const lines = [
-        `trace ${opts.trace}: ${r.sequences.length} sequences, ${res.accesses / (r.layers * r.k)} tokens, ${r.layers} layers x ${r.experts} experts, top-${r.k}`,
-        `cache: ${capacity} experts shared by all layers (${(capacity / r.layers).toFixed(1)} per layer)${budgetBytes !== null ? `, budget ${formatBytes(budgetBytes)}` : ''}; policy ${policy}; each sequence starts empty`,
+        `trace ${opts.trace}: ${r.sequences.length} sequences, ${tokenCount(r)} tokens, ${r.layers} layers x ${r.experts} experts, top-${r.k}`,
+        `cache: ${capacity} experts shared by all layers (${(capacity / r.layers).toFixed(1)} per layer)${budgetBytes !== null ? `, budget ${formatBytes(budgetBytes)}` : ''}; policy ${policy}; each sequence starts empty${res.perBatch ? '; replayed per batch, as the live cache' : ''}`,
         `hit rate: ${pct(res.hitRate.cold)} cold (cache starts empty, as a real run), ${pct(res.hitRate.warm)} warm (first uses excused while the cache has room)`,
         `misses: ${res.misses} of ${res.accesses} expert lookups${res.bytesRead !== null ? `; bytes read: ${formatBytes(res.bytesRead)}` : ' (give --expert-bytes for bytes read)'}`,
       ];
