@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { openTrace, type TraceHeader, type TraceTokenRecord } from '../src/trace/format.js';
+import { openTrace, TraceWriter, type TraceHeader, type TraceTokenRecord } from '../src/trace/format.js';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(repoRoot, 'bin', 'moe-offload.js');
@@ -90,3 +90,24 @@ for (const name of ['qwen2moe-q4_0.gguf', 'olmoe-q4_k.gguf']) {
     }
   });
 }
+
+test('simulate --ram-cache counts slots of slot_bytes (padded), as the live cache does, and prices reads by expert_bytes', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'live-vs-sim-'));
+  try {
+    const p = join(dir, 't.gz');
+    const w = TraceWriter.create(p, { model: 'm', architecture: 'qwen3moe', layers: 2, experts: 4, k: 1, shared_experts: 0, prompt_ids: [1], expert_bytes: 1000, slot_bytes: 1536 });
+    for (let pos = 0; pos < 8; pos++) w.token({ seq: 0, pos, batch: pos, experts: [[pos % 4], [(pos + 1) % 4]] });
+    w.close();
+    const run = (size: string) => JSON.parse(cli(['simulate', '--trace', p, '--ram-cache', size, '--json'])) as { capacityExperts: number; misses: number; bytesRead: number };
+    // 3072 bytes hold 2 slots of 1536 (3 if an expert took only its 1000 bytes).
+    assert.equal(run('3072').capacityExperts, 2);
+    // Percent of all 8 slots, as generate's --ram-cache 50%.
+    assert.equal(run('50%').capacityExperts, 4);
+    const r = run('100%');
+    assert.equal(r.capacityExperts, 8);
+    assert.equal(r.misses, 8, 'each of the 8 experts read once');
+    assert.equal(r.bytesRead, 8 * 1000);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
