@@ -173,7 +173,8 @@ reads), stallMs (waiting on reads with no expert computing), tasks, computeMs (s
 wallMs.
 
 Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed by
---threads worker threads; peak memory is about the resident weights + --ram-cache + a fixed overhead.
+--threads worker threads; peak memory stays under the resident weights + --ram-cache + a fixed
+overhead of 96 MiB + 16 MiB per worker thread (measured by the test suite).
 --ram-cache takes ${SIZE_FORMS}. Its default: ${DEFAULT_RAM_CACHE_HELP}, minus the resident weights,
 and at most all experts. A budget below one layer's experts in use is an error that states the minimum.
 
