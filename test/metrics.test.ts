@@ -165,3 +165,106 @@ test('LRU reuse distances give the cold LRU hit rate of every cache size', async
   close(lruHitRateFromReuse(hand.model, 2), 1 / 5, 'hand');
   close(lruHitRateFromReuse(hand.model, 3), 2 / 5, 'hand 3');
 });
+
+// A plain SCH straight from metrics.md's rules, for checking the optimised one: the cache is an array,
+// and at every eviction each candidate's window count is recounted from the trace itself.
+// rows[t] = token t's ids in processing order. Returns warm and cold hits.
+function plainSch(rows: number[][], m: number, C: number): { warm: number; cold: number } {
+  const cache: number[] = [];
+  const lastUse = new Map<number, number>();
+  const used = new Set<number>();
+  let warm = 0;
+  let cold = 0;
+  let clock = 0;
+  for (let t = 0; t < rows.length; t++) {
+    const row = rows[t]!;
+    const before = new Set(cache);
+    for (const e of row) {
+      if (before.has(e)) {
+        warm++;
+        cold++;
+      } else if (!used.has(e)) {
+        if (used.size < C) warm++;
+        used.add(e);
+      }
+    }
+    row.forEach((e, j) => {
+      lastUse.set(e, ++clock);
+      if (cache.includes(e)) return;
+      cache.push(e);
+      if (cache.length <= C) return;
+      // Window of tokens t .. t + m - 1, without the selections processed so far (token t up to j).
+      const remaining = (x: number): number => {
+        let n = row.slice(j + 1).filter((y) => y === x).length;
+        for (let u = t + 1; u < Math.min(t + m, rows.length); u++) n += rows[u]!.filter((y) => y === x).length;
+        return n;
+      };
+      let victim = -1;
+      for (const x of cache) {
+        if (x === e) continue;
+        if (victim < 0 || remaining(x) < remaining(victim)
+          || (remaining(x) === remaining(victim) && lastUse.get(x)! < lastUse.get(victim)!)) victim = x;
+      }
+      cache.splice(cache.indexOf(victim), 1);
+    });
+  }
+  return { warm, cold };
+}
+
+test('SCH equals a plain replay of the metrics.md rules on random traces (hit counts exactly)', () => {
+  let x = 4242;
+  const rnd = (n: number) => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8) % n;
+  // [layers, experts, k, sequence lengths, m values, C values]
+  const cases: [number, number, number, number[], number[], number[]][] = [
+    [1, 6, 1, [40, 25], [1, 2, 3, 7], [1, 2, 3, 6, 8]],
+    [2, 8, 2, [30, 1, 12], [1, 3, 5, 40], [1, 2, 4, 7, 8, 9]],
+    [3, 12, 3, [50], [1, 2, 6, 16], [3, 5, 8, 12, 20]],
+    [2, 16, 4, [35, 20], [2, 4, 9], [4, 6, 10, 16]],
+  ];
+  for (const [L, E, k, lengths, ms, Cs] of cases) {
+    // Selections with locality (each of the previous token's experts kept with probability 1/2), so
+    // window counts above 1 and every eviction branch occur.
+    const seqs = lengths.map((n) => {
+      const prev: number[][] = Array.from({ length: L }, () => []);
+      return Array.from({ length: n }, () => Array.from({ length: L }, (_, l) => {
+        const sel = prev[l]!.filter(() => rnd(2) === 0).slice(0, k);
+        while (sel.length < k) {
+          const e = rnd(E);
+          if (!sel.includes(e)) sel.push(e);
+        }
+        for (let i = sel.length - 1; i > 0; i--) {
+          const j = rnd(i + 1);
+          [sel[i], sel[j]] = [sel[j]!, sel[i]!];
+        }
+        return (prev[l] = sel);
+      }));
+    });
+    const r = routingFromArrays(seqs, E);
+    const accesses = lengths.reduce((a, n) => a + n, 0) * k;
+    for (const m of ms) {
+      for (const C of Cs) {
+        const got = sch(r, m, C);
+        const total = (rowsOf: (tok: number[][]) => number[], cap: number) => {
+          let warm = 0;
+          let cold = 0;
+          for (const s of seqs) {
+            const h = plainSch(s.map(rowsOf), m, cap);
+            warm += h.warm;
+            cold += h.cold;
+          }
+          return { warm, cold };
+        };
+        // Equal rates over the same access count = equal hit counts (the same integer division).
+        const what = `L=${L} E=${E} k=${k} m=${m} C=${C}`;
+        for (let l = 0; l < L; l++) {
+          const want = total((tok) => tok[l]!, C);
+          assert.equal(got.layers[l], want.warm / accesses, `${what} layer ${l} warm`);
+          assert.equal(got.cold.layers[l], want.cold / accesses, `${what} layer ${l} cold`);
+        }
+        const want = total((tok) => tok.flatMap((sel, l) => sel.map((e) => l * E + e)), C * L);
+        assert.equal(got.model, want.warm / (accesses * L), `${what} model warm`);
+        assert.equal(got.cold.model, want.cold / (accesses * L), `${what} model cold`);
+      }
+    }
+  }
+});

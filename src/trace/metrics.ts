@@ -13,9 +13,10 @@
 //   the baselines LRU/LFU/MIN look experts up one at a time in router order, as a live cache sees them.
 //
 // Everything runs on typed arrays: SRP is O(1) per selection (a histogram of window counts advanced
-// lazily), SCH keeps cached experts in per-count lists ordered by last use, LRU is a linked list, LFU and
+// lazily), SCH (sch.ts) keeps cached experts in per-count lists ordered by last use, LRU is a linked list, LFU and
 // MIN use an indexed binary heap.
 import type { RoutingData } from './routing.js';
+import { SchScratch, schReplay } from './sch.js';
 
 /** A metric for each layer and for the whole model. NaN where there is nothing to measure. */
 export interface LayerAndModel {
@@ -171,158 +172,19 @@ export function srp(r: RoutingData, m: number): SrpResult {
 
 // ---------------------------------------------------------------- SCH
 
-/** Working arrays for SCH over one id space, reused across sequences. */
-class SchState {
-  readonly count: Int32Array;
-  readonly lastUse: Float64Array;
-  readonly cached: Uint8Array;
-  readonly used: Uint8Array;
-  readonly prev: Int32Array;
-  readonly next: Int32Array;
-  readonly head: Int32Array;
-  readonly tail: Int32Array;
-  readonly size: Int32Array;
-  /** 1 while bucket v is in ascending last-use order (its head is then the least recent). */
-  readonly sorted: Uint8Array;
-
-  constructor(readonly idSpace: number, readonly m: number) {
-    this.count = new Int32Array(idSpace);
-    this.lastUse = new Float64Array(idSpace);
-    this.cached = new Uint8Array(idSpace);
-    this.used = new Uint8Array(idSpace);
-    this.prev = new Int32Array(idSpace);
-    this.next = new Int32Array(idSpace);
-    this.head = new Int32Array(m + 1);
-    this.tail = new Int32Array(m + 1);
-    this.size = new Int32Array(m + 1);
-    this.sorted = new Uint8Array(m + 1);
-  }
-
-  reset(): void {
-    this.count.fill(0);
-    this.cached.fill(0);
-    this.used.fill(0);
-    this.head.fill(-1);
-    this.tail.fill(-1);
-    this.size.fill(0);
-    this.sorted.fill(1);
-  }
-
-  append(e: number, v: number): void {
-    const t = this.tail[v]!;
-    this.prev[e] = t;
-    this.next[e] = -1;
-    if (t < 0) this.head[v] = e;
-    else {
-      this.next[t] = e;
-      if (this.lastUse[t]! > this.lastUse[e]!) this.sorted[v] = 0;
-    }
-    this.tail[v] = e;
-    this.size[v]!++;
-  }
-
-  unlink(e: number, v: number): void {
-    const p = this.prev[e]!;
-    const n = this.next[e]!;
-    if (p < 0) this.head[v] = n;
-    else this.next[p] = n;
-    if (n < 0) this.tail[v] = p;
-    else this.prev[n] = p;
-    if (--this.size[v]! === 0) this.sorted[v] = 1;
-  }
-
-  /** Evicts the cached expert of lowest (window count, last use), other than `keep`. */
-  evictOther(keep: number): void {
-    const kv = this.count[keep]!;
-    for (let v = 0; v <= this.m; v++) {
-      if (this.size[v]! - (v === kv ? 1 : 0) <= 0) continue;
-      let victim = -1;
-      if (this.sorted[v]) {
-        victim = this.head[v]!;
-        if (victim === keep) victim = this.next[victim]!;
-      } else {
-        let best = Infinity;
-        for (let e = this.head[v]!; e >= 0; e = this.next[e]!) {
-          if (e !== keep && this.lastUse[e]! < best) {
-            best = this.lastUse[e]!;
-            victim = e;
-          }
-        }
-      }
-      this.unlink(victim, v);
-      this.cached[victim] = 0;
-      return;
-    }
-  }
-}
-
-/** Replays one sequence under the SCH policy; returns warm (SCH) and cold hits. */
-function schSequence(s: AccessStream, m: number, cap: number, st: SchState): { warm: number; cold: number } {
-  const { ids, tokens: n, width: w } = s;
-  st.reset();
-  let warm = 0;
-  let cold = 0;
-  let distinct = 0;
-  let cachedCount = 0;
-  let clock = 0;
-  for (let i = 0, end = Math.min(m, n) * w; i < end; i++) st.count[ids[i]!]!++;
-  for (let t = 0; t < n; t++) {
-    const base = t * w;
-    for (let j = 0; j < w; j++) {
-      const e = ids[base + j]!;
-      if (st.cached[e]) {
-        warm++;
-        cold++;
-      } else if (!st.used[e]) {
-        if (distinct < cap) warm++;
-        st.used[e] = 1;
-        distinct++;
-      }
-    }
-    for (let j = 0; j < w; j++) {
-      const e = ids[base + j]!;
-      if (st.cached[e]) {
-        st.unlink(e, st.count[e]!);
-        st.count[e]!--;
-        st.lastUse[e] = ++clock;
-        st.append(e, st.count[e]!);
-      } else {
-        st.count[e]!--;
-        st.lastUse[e] = ++clock;
-        st.cached[e] = 1;
-        st.append(e, st.count[e]!);
-        if (++cachedCount > cap) {
-          st.evictOther(e);
-          cachedCount--;
-        }
-      }
-    }
-    if (t + m < n) {
-      const inn = (t + m) * w;
-      for (let j = 0; j < w; j++) {
-        const e = ids[inn + j]!;
-        if (st.cached[e]) {
-          st.unlink(e, st.count[e]!);
-          st.count[e]!++;
-          st.append(e, st.count[e]!);
-        } else st.count[e]!++;
-      }
-    }
-  }
-  return { warm, cold };
-}
-
 function checkCap(cap: number): void {
   if (!Number.isInteger(cap) || cap < 1) throw new RangeError(`cache size must be a positive integer, got ${cap}`);
 }
 
 function schStreams(streams: AccessStream[], idSpace: number, m: number, cap: number): { warm: number; cold: number } {
-  const st = new SchState(idSpace, m);
+  let longest = 0;
+  for (const s of streams) longest = Math.max(longest, s.tokens);
+  const st = new SchScratch(idSpace, Math.min(m, longest));
   let warm = 0;
   let cold = 0;
   let accesses = 0;
   for (const s of streams) {
-    const h = schSequence(s, m, cap, st);
+    const h = schReplay(s.ids, s.tokens, s.width, m, cap, st);
     warm += h.warm;
     cold += h.cold;
     accesses += s.tokens * s.width;
