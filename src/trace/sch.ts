@@ -18,6 +18,8 @@ export class SchScratch {
   readonly next: Int32Array;
   /** Experts cached while the cache had room, in insertion order (to build the lists on overflow). */
   readonly inserted: Int32Array;
+  /** Scan mode: (window count, stamp) of the expert in each cache slot, as one number. */
+  readonly slotKey: Float64Array;
   readonly head: Int32Array;
   readonly tail: Int32Array;
   readonly size: Int32Array;
@@ -32,6 +34,7 @@ export class SchScratch {
     this.prev = new Int32Array(idSpace);
     this.next = new Int32Array(idSpace);
     this.inserted = new Int32Array(idSpace);
+    this.slotKey = new Float64Array(idSpace);
     this.head = new Int32Array(maxCount + 1);
     this.tail = new Int32Array(maxCount + 1);
     this.size = new Int32Array(maxCount + 1);
@@ -40,10 +43,94 @@ export class SchScratch {
 }
 
 /**
+ * Up to this cache size a miss finds its victim by scanning the cached experts, which costs nothing on a
+ * hit; above it, per-count lists (a few list moves per selection) win.
+ */
+const SCAN_CAP = 64;
+
+/**
  * Replays one sequence (`tokens` rows of `width` ids) under SCH(m, cap); returns warm (the SCH count)
  * and cold hits. `s.maxCount` must be at least min(m, tokens).
  */
 export function schReplay(ids: Int32Array, tokens: number, width: number, m: number, cap: number, s: SchScratch): { warm: number; cold: number } {
+  // Stamps are 1 .. tokens * width, so count * span + stamp orders by (count, stamp) while it is exact.
+  const span = tokens * width + 1;
+  const exact = (Math.min(m, tokens) + 1) * span <= Number.MAX_SAFE_INTEGER;
+  return cap <= SCAN_CAP && exact ? replayByScan(ids, tokens, width, m, cap, span, s) : replayByLists(ids, tokens, width, m, cap, s);
+}
+
+/** SCH with the victim found by a scan of the (at most SCAN_CAP) cached experts, held in `s.inserted`. */
+function replayByScan(ids: Int32Array, tokens: number, width: number, m: number, cap: number, span: number, s: SchScratch): { warm: number; cold: number } {
+  // slots[i]: the expert in slot i; slotKey[i]: its count * span + stamp, kept current so that the scan
+  // for the lowest is one pass over contiguous numbers with a rarely taken branch.
+  const { count, cached, used, inserted: slots, prev: slotOf, slotKey } = s;
+  const n = tokens;
+  const w = width;
+  count.fill(0);
+  cached.fill(0);
+  used.fill(0);
+  let warm = 0;
+  let cold = 0;
+  let distinct = 0;
+  let cachedCount = 0;
+  let clock = 0;
+  for (let i = 0, end = Math.min(m, n) * w; i < end; i++) count[ids[i]!]!++;
+  for (let t = 0; t < n; t++) {
+    const base = t * w;
+    // 1. Judge the token's experts against the cache as it was at the start of the token.
+    for (let j = 0; j < w; j++) {
+      const e = ids[base + j]!;
+      if (cached[e]) {
+        warm++;
+        cold++;
+      } else if (!used[e]) {
+        if (distinct < cap) warm++;
+        used[e] = 1;
+        distinct++;
+      }
+    }
+    // 2. Use them in router order: count - 1, newest stamp, insert (and evict) if not cached.
+    for (let j = 0; j < w; j++) {
+      const e = ids[base + j]!;
+      const key = --count[e]! * span + ++clock;
+      if (cached[e]) {
+        slotKey[slotOf[e]!] = key;
+        continue;
+      }
+      cached[e] = 1;
+      let slot = cachedCount;
+      if (cachedCount < cap) cachedCount++;
+      else {
+        // e takes the slot of the lowest (count, stamp) of the others.
+        let best = slotKey[0]!;
+        slot = 0;
+        for (let i = 1; i < cap; i++) {
+          if (slotKey[i]! < best) {
+            best = slotKey[i]!;
+            slot = i;
+          }
+        }
+        cached[slots[slot]!] = 0;
+      }
+      slots[slot] = e;
+      slotOf[e] = slot;
+      slotKey[slot] = key;
+    }
+    // 3. Slide the window: token t + m's selections enter the counts.
+    if (t + m < n) {
+      const inn = (t + m) * w;
+      for (let j = 0; j < w; j++) {
+        const e = ids[inn + j]!;
+        count[e]!++;
+        if (cached[e]) slotKey[slotOf[e]!]! += span;
+      }
+    }
+  }
+  return { warm, cold };
+}
+
+/** SCH with the cached experts in per-count lists ordered by stamp (see the top of the file). */
+function replayByLists(ids: Int32Array, tokens: number, width: number, m: number, cap: number, s: SchScratch): { warm: number; cold: number } {
   // One flat loop with the list operations written out: closures over mutable locals cost V8 dearly here.
   const { count, stamp, cached, used, prev, next, inserted, head, tail, size, sorted } = s;
   const n = tokens;
