@@ -14,6 +14,8 @@ export class SchScratch {
   readonly stamp: Float64Array;
   readonly cached: Uint8Array;
   readonly used: Uint8Array;
+  /** t + 1 when evicted while processing token t: it was still cached at that token's start. */
+  readonly evictedAt: Int32Array;
   readonly prev: Int32Array;
   readonly next: Int32Array;
   /** Experts cached while the cache had room, in insertion order (to build the lists on overflow). */
@@ -31,6 +33,7 @@ export class SchScratch {
     this.stamp = new Float64Array(idSpace);
     this.cached = new Uint8Array(idSpace);
     this.used = new Uint8Array(idSpace);
+    this.evictedAt = new Int32Array(idSpace);
     this.prev = new Int32Array(idSpace);
     this.next = new Int32Array(idSpace);
     this.inserted = new Int32Array(idSpace);
@@ -63,12 +66,13 @@ export function schReplay(ids: Int32Array, tokens: number, width: number, m: num
 function replayByScan(ids: Int32Array, tokens: number, width: number, m: number, cap: number, span: number, s: SchScratch): { warm: number; cold: number } {
   // slots[i]: the expert in slot i; slotKey[i]: its count * span + stamp, kept current so that the scan
   // for the lowest is one pass over contiguous numbers with a rarely taken branch.
-  const { count, cached, used, inserted: slots, prev: slotOf, slotKey } = s;
+  const { count, cached, used, evictedAt, inserted: slots, prev: slotOf, slotKey } = s;
   const n = tokens;
   const w = width;
   count.fill(0);
   cached.fill(0);
   used.fill(0);
+  evictedAt.fill(0);
   let warm = 0;
   let cold = 0;
   let distinct = 0;
@@ -77,25 +81,25 @@ function replayByScan(ids: Int32Array, tokens: number, width: number, m: number,
   for (let i = 0, end = Math.min(m, n) * w; i < end; i++) count[ids[i]!]!++;
   for (let t = 0; t < n; t++) {
     const base = t * w;
-    // 1. Judge the token's experts against the cache as it was at the start of the token.
+    // Judge and use the token's experts in router order (an id occurs once per token): count - 1,
+    // newest stamp, insert (and evict) if not cached.
     for (let j = 0; j < w; j++) {
       const e = ids[base + j]!;
+      const key = --count[e]! * span + ++clock;
       if (cached[e]) {
+        warm++;
+        cold++;
+        slotKey[slotOf[e]!] = key;
+        continue;
+      }
+      // A hit if cached at the start of the token (evicted since by an earlier expert of the token).
+      if (evictedAt[e] === t + 1) {
         warm++;
         cold++;
       } else if (!used[e]) {
         if (distinct < cap) warm++;
         used[e] = 1;
         distinct++;
-      }
-    }
-    // 2. Use them in router order: count - 1, newest stamp, insert (and evict) if not cached.
-    for (let j = 0; j < w; j++) {
-      const e = ids[base + j]!;
-      const key = --count[e]! * span + ++clock;
-      if (cached[e]) {
-        slotKey[slotOf[e]!] = key;
-        continue;
       }
       cached[e] = 1;
       let slot = cachedCount;
@@ -111,6 +115,7 @@ function replayByScan(ids: Int32Array, tokens: number, width: number, m: number,
           }
         }
         cached[slots[slot]!] = 0;
+        evictedAt[slots[slot]!] = t + 1;
       }
       slots[slot] = e;
       slotOf[e] = slot;
@@ -132,12 +137,13 @@ function replayByScan(ids: Int32Array, tokens: number, width: number, m: number,
 /** SCH with the cached experts in per-count lists ordered by stamp (see the top of the file). */
 function replayByLists(ids: Int32Array, tokens: number, width: number, m: number, cap: number, s: SchScratch): { warm: number; cold: number } {
   // One flat loop with the list operations written out: closures over mutable locals cost V8 dearly here.
-  const { count, stamp, cached, used, prev, next, inserted, head, tail, size, sorted } = s;
+  const { count, stamp, cached, used, evictedAt, prev, next, inserted, head, tail, size, sorted } = s;
   const n = tokens;
   const w = width;
   count.fill(0);
   cached.fill(0);
   used.fill(0);
+  evictedAt.fill(0);
   let warm = 0;
   let cold = 0;
   let distinct = 0;
@@ -150,25 +156,16 @@ function replayByLists(ids: Int32Array, tokens: number, width: number, m: number
   for (let i = 0, end = Math.min(m, n) * w; i < end; i++) count[ids[i]!]!++;
   for (let t = 0; t < n; t++) {
     const base = t * w;
-    // 1. Judge the token's experts against the cache as it was at the start of the token.
-    for (let j = 0; j < w; j++) {
-      const e = ids[base + j]!;
-      if (cached[e]) {
-        warm++;
-        cold++;
-      } else if (!used[e]) {
-        if (distinct < cap) warm++;
-        used[e] = 1;
-        distinct++;
-      }
-    }
-    // 2. Use them in router order: count - 1, newest stamp, insert (and evict) if not cached.
+    // Judge and use the token's experts in router order (an id occurs once per token): count - 1,
+    // newest stamp, insert (and evict) if not cached.
     for (let j = 0; j < w; j++) {
       const e = ids[base + j]!;
       const v = count[e]! - 1;
       count[e] = v;
       stamp[e] = ++clock;
       if (cached[e]) {
+        warm++;
+        cold++;
         if (!full) continue;
         // Unlink e from list v + 1.
         const p = prev[e]!;
@@ -179,6 +176,15 @@ function replayByLists(ids: Int32Array, tokens: number, width: number, m: number
         else prev[q] = p;
         if (--size[v + 1]! === 0) sorted[v + 1] = 1;
       } else {
+        // A hit if cached at the start of the token (evicted since by an earlier expert of the token).
+        if (evictedAt[e] === t + 1) {
+          warm++;
+          cold++;
+        } else if (!used[e]) {
+          if (distinct < cap) warm++;
+          used[e] = 1;
+          distinct++;
+        }
         cached[e] = 1;
         if (!full) {
           if (cachedCount < cap) {
@@ -203,6 +209,7 @@ function replayByLists(ids: Int32Array, tokens: number, width: number, m: number
         else prev[q] = p;
         if (--size[lo]! === 0) sorted[lo] = 1;
         cached[victim] = 0;
+        evictedAt[victim] = t + 1;
       }
       // Append e to the tail of list v: its stamp is the newest, so the list stays in order.
       const tl = tail[v]!;
