@@ -1,9 +1,11 @@
-// Native one-token matmul (matrix x vector) throughput on one thread, in GB/s of weight bytes read.
+// Native one-token matmul (matrix x vector) throughput on one thread, in GB/s of weight bytes read, each
+// pass paired with a reference pass over the same bytes (sumBytes over the same copies; for onnxruntime,
+// our Q4_0 kernel) so the ratio between them is taken under the same machine load.
 import { GGMLType, GGML_TYPE_INFO } from '../src/model/ggml-types.js';
 import { dequantize } from '../src/model/quant/index.js';
-import { matmul } from '../src/native/index.js';
+import { matmul, sumBytes } from '../src/native/index.js';
 import { randomFloats } from './random.js';
-import { throughputs, timePasses, type RepeatOptions, type Summary } from './stats.js';
+import { pairedRatios, throughputs, timePairedPasses, timePasses, type RepeatOptions, type Summary } from './stats.js';
 import { makeMatrix, matrixBytes, rotationCopies } from './weights.js';
 
 export interface MatrixShape {
@@ -24,6 +26,17 @@ export interface KernelResult {
   /** Output of the first rows checked against the dequantized reference. */
   check: 'ok' | 'MISMATCH' | 'skipped';
   note?: string;
+  /** A reference timed in adjacent passes with this line's (see timePairedPasses). */
+  paired?: PairedReference;
+}
+
+export interface PairedReference {
+  /** What was timed alongside: `sumBytes` over the same copies, or our `q4_0` kernel (for ORT). */
+  against: 'sumBytes' | 'q4_0';
+  /** The reference's GB/s in those passes. */
+  gbps: Summary;
+  /** Per-pair ratio: this line / sumBytes, or q4_0 / this line (ORT); its median is the reported ratio. */
+  ratio: Summary;
 }
 
 const CHECK_ROWS = 4;
@@ -83,8 +96,56 @@ export async function benchNativeKernel(type: GGMLType, shape: MatrixShape, minR
 
   const matrices = [first];
   for (let i = 1; i < copies; i++) matrices.push(makeMatrix(type, rows, cols, i));
-  const seconds = await timePasses(() => {
-    for (const w of matrices) matmul(type, w, rows, cols, x, 1, out, 1);
-  }, options);
-  return { ...base, gbps: throughputs(copies * bytes, seconds), check };
+  let sink = 0;
+  const t = await timePairedPasses(
+    () => { for (const w of matrices) matmul(type, w, rows, cols, x, 1, out, 1); },
+    () => { for (const w of matrices) sink += sumBytes(w); },
+    options);
+  if (!Number.isFinite(sink)) throw new Error('sumBytes returned a non-number');
+  const total = copies * bytes;
+  return { ...base, gbps: throughputs(total, t.a), check,
+    paired: { against: 'sumBytes', gbps: throughputs(total, t.b), ratio: pairedRatios(total, total, t) } };
+}
+
+/**
+ * onnxruntime MatMulNBits on the same int4 matrix as our Q4_0 line (see ort-bench.ts for the model),
+ * rotating over sessions that each hold a copy, in passes alternated with our Q4_0 kernel over as many
+ * Q4_0 copies. GB/s counted in Q4_0 bytes, so `paired.ratio` (q4_0 / ort) is a ratio of times. Falls
+ * back to ORT alone when the native kernel is not built.
+ */
+export async function benchOrtPairedWithQ4_0(shape: MatrixShape, minRotationBytes: number,
+  options: RepeatOptions): Promise<KernelResult> {
+  const { buildMatMulNBitsModel, q4_0ToMatMulNBits } = await import('./onnx-matmulnbits.js');
+  const { createCpuSession, runMatMulNBits } = await import('./ort-session.js');
+  const { rows, cols } = shape;
+  const type = GGMLType.Q4_0;
+  const bytes = matrixBytes(type, rows, cols);
+  const copies = rotationCopies(bytes, minRotationBytes);
+  const first = makeMatrix(type, rows, cols, 0);
+  const model = buildMatMulNBitsModel(q4_0ToMatMulNBits(first, rows, cols), { accuracyLevel: 4 });
+  const x = randomFloats(cols, 7);
+  const out = new Float32Array(rows);
+  let nativeNote: string | null = null;
+  try { matmul(type, first, rows, cols, x, 1, out, 1); } catch (err) { nativeNote = describe(err); }
+  const matrices = [first];
+  for (let i = 1; nativeNote === null && i < copies; i++) matrices.push(makeMatrix(type, rows, cols, i));
+
+  const sessions: Awaited<ReturnType<typeof createCpuSession>>[] = [];
+  try {
+    for (let i = 0; i < copies; i++) sessions.push(await createCpuSession(model));
+    const ortPass = async (): Promise<void> => { for (const s of sessions) await runMatMulNBits(s, x); };
+    const base = { kernel: 'ort MatMulNBits', rows, cols, matrixBytes: bytes, copies, check: 'skipped' as const };
+    const total = copies * bytes;
+    if (nativeNote !== null) {
+      return { ...base, gbps: throughputs(total, await timePasses(ortPass, options)),
+        note: `converter checked by test/bench-onnx.test.ts; unpaired: q4_0 ${nativeNote}` };
+    }
+    const t = await timePairedPasses(ortPass,
+      () => { for (const w of matrices) matmul(type, w, rows, cols, x, 1, out, 1); }, options);
+    // ratio = q4_0 / ort: with equal bytes, ort seconds / q4_0 seconds.
+    return { ...base, gbps: throughputs(total, t.a), note: 'converter checked by test/bench-onnx.test.ts',
+      paired: { against: 'q4_0', gbps: throughputs(total, t.b), ratio: pairedRatios(total, total, { a: t.b, b: t.a }) } };
+  } finally {
+    for (const s of sessions) await s.release();
+  }
 }

@@ -44,3 +44,44 @@ export async function timePasses(pass: () => void | Promise<void>, options: Repe
 export function throughputs(bytes: number, seconds: number[]): Summary {
   return summarize(seconds.map((s) => bytes / s / 1e9));
 }
+
+/** Seconds per call of two passes timed in adjacent pairs: sample i of `a` and of `b` come from pass i. */
+export interface PairedSeconds {
+  a: number[];
+  b: number[];
+}
+
+/**
+ * Times `a` and `b` interleaved: pass i runs both back to back, `a` first on even passes and `b` first
+ * on odd ones (so neither side always inherits the other's cache or frequency state). On a shared
+ * machine the load changes over seconds, so a ratio taken within one pair cancels it where a ratio of
+ * two separately measured medians does not.
+ */
+export async function timePairedPasses(a: () => void | Promise<void>, b: () => void | Promise<void>,
+  options: RepeatOptions): Promise<PairedSeconds> {
+  for (let i = 0; i < options.warmup; i++) { await a(); await b(); }
+  const out: PairedSeconds = { a: [], b: [] };
+  const time = async (pass: () => void | Promise<void>): Promise<number> => {
+    const start = process.hrtime.bigint();
+    await pass();
+    return Number(process.hrtime.bigint() - start) / 1e9;
+  };
+  let spent = 0;
+  while (out.a.length < options.reps || (spent < options.minSeconds && out.a.length < 4 * options.reps)) {
+    let sa: number;
+    let sb: number;
+    if (out.a.length % 2 === 0) { sa = await time(a); sb = await time(b); } else { sb = await time(b); sa = await time(a); }
+    out.a.push(sa);
+    out.b.push(sb);
+    spent += sa + sb;
+  }
+  return out;
+}
+
+/**
+ * Throughput ratio of `a` to `b` per pair, (aBytes / a[i]) / (bBytes / b[i]), summarized: the median of
+ * paired ratios, not a ratio of medians.
+ */
+export function pairedRatios(aBytes: number, bBytes: number, paired: PairedSeconds): Summary {
+  return summarize(paired.a.map((sa, i) => (aBytes / sa) / (bBytes / paired.b[i]!)));
+}
