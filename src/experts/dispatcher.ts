@@ -1,12 +1,13 @@
 // Per layer: the routed experts, each with the token rows routed to it, go to the RAM cache; experts
 // already resident go to the worker pool at once while the misses are read (all reads start
-// together); each expert's pin is released as soon as its result is back. The caller (the engine's
+// together), several experts per task (one task per idle worker); each task's pins are released as
+// soon as its results are back. The caller (the engine's
 // MoE layer) gets one output block per expert and combines them in each token's selection order, so
 // the result does not depend on which expert finished first.
 import { accessOrder } from './access-order.js';
 import type { HostCache, HostEntry } from './host-cache.js';
 import type { ExpertLocator, ExpertMatrix } from './locator.js';
-import type { ExpertPool, MatrixInSlab } from './pool.js';
+import type { BatchExpert, BatchResult, ExpertPool, MatrixInSlab } from './pool.js';
 import type { ExpertReader } from './reader.js';
 import type { ExpertStats } from './stats.js';
 
@@ -74,66 +75,140 @@ export class ExpertDispatcher implements ExpertRunner {
     const { cache, reader, pool, locator, stats, onServe } = this.parts;
     const t0 = performance.now();
     const xs = onSharedMemory(x);
+    // Every job's output rows in one shared buffer the workers write into: job i's rows start at rowStart[i].
+    const rowStart = new Int32Array(jobs.length);
+    let totalRows = 0;
+    for (let i = 0; i < jobs.length; i++) {
+      rowStart[i] = totalRows;
+      totalRows += jobs[i]!.rows.length;
+    }
+    const rows = new Int32Array(totalRows);
+    for (let i = 0; i < jobs.length; i++) rows.set(jobs[i]!.rows, rowStart[i]!);
+    const out = new Float32Array(new SharedArrayBuffer(totalRows * nEmbd * 4));
     const results: Float32Array[] = new Array<Float32Array>(jobs.length);
+
     // Resident experts first: they compute while the misses are read (access-order.ts; `simulate`
-    // replays the same order). At most `capacity` experts are pinned at once, so a batch that routes to
-    // more experts than the cache holds runs in waves.
+    // replays the same order). At most `limit` experts are pinned (or loading) at once, so a batch that
+    // routes to more experts than the cache holds runs in waves.
     const order = accessOrder(layer, jobs.map((j) => j.expert), (l, e) => cache.has(l, e));
     const clock = new StallClock();
     const limit = Math.max(1, Math.min(cache.capacity, jobs.length));
+    // Experts whose weights are in RAM, pinned, waiting for a worker. They go out in at most
+    // pool.threads tasks at a time, the ready ones split evenly over the idle workers: one message per
+    // worker per layer when everything is resident, and each miss as soon as a worker is free.
+    const ready: { i: number; entry: HostEntry }[] = [];
     let next = 0;
+    let pinned = 0;
+    let inFlight = 0;
     let failure: unknown;
-
-    const runOne = async (i: number): Promise<void> => {
-      const job = jobs[i]!;
-      clock.loadStart();
-      const asked = performance.now();
-      // getOrLoad calls the loader synchronously exactly when its lookup counts a miss: the tier
-      // reported here always agrees with the cache's hit/miss counters.
-      let read = false;
-      let entry: HostEntry;
-      try {
-        entry = await cache.getOrLoad(layer, job.expert, (e) => { read = true; return reader.load(e); });
-      } finally {
-        clock.loadEnd();
+    let settle!: () => void;
+    const done = new Promise<void>((resolve) => { settle = resolve; });
+    const fail = (err: unknown): void => { if (failure === undefined) failure = err; };
+    // The first error stops new lookups and tasks; what is pinned is released, what runs drains, then it is thrown.
+    const finishIfIdle = (): void => {
+      if (failure !== undefined) {
+        for (const r of ready) cache.release(r.entry);
+        pinned -= ready.length;
+        ready.length = 0;
       }
-      try {
-        if (failure !== undefined) return;
-        onServe?.(layer, job.expert, read ? 'disk' : 'ram', Math.round((performance.now() - asked) * 1000), job.rows);
+      if (pinned === 0 && (failure !== undefined || next >= order.length)) settle();
+    };
+
+    const served = (i: number, entry: HostEntry, read: boolean, asked: number): void => {
+      const job = jobs[i]!;
+      onServe?.(layer, job.expert, read ? 'disk' : 'ram', Math.round((performance.now() - asked) * 1000), job.rows);
+      ready.push({ i, entry });
+    };
+
+    const lookUp = (): void => {
+      while (failure === undefined && pinned < limit && next < order.length) {
+        const i = order[next++]!;
+        const job = jobs[i]!;
+        const asked = performance.now();
+        // pinOrLoad calls the loader synchronously exactly when its lookup counts a miss: the tier
+        // reported here always agrees with the cache's hit/miss counters.
+        let read = false;
+        let got: HostEntry | Promise<HostEntry>;
+        try {
+          got = cache.pinOrLoad(layer, job.expert, (e) => { read = true; return reader.load(e); });
+        } catch (err) {
+          fail(err);
+          return;
+        }
+        pinned++;
+        if (!(got instanceof Promise)) {
+          served(i, got, false, asked);
+          continue;
+        }
+        clock.loadStart();
+        got.then((entry) => {
+          clock.loadEnd();
+          if (failure !== undefined) {
+            cache.release(entry);
+            pinned--;
+          } else {
+            served(i, entry, read, asked);
+            dispatch();
+          }
+          finishIfIdle();
+        }, (err: unknown) => {
+          clock.loadEnd();
+          pinned--; // a failed load leaves no pin
+          fail(err);
+          finishIfIdle();
+        });
+      }
+    };
+
+    const runBatch = (batch: { i: number; entry: HostEntry }[]): Promise<BatchResult> => {
+      const slabs: SharedArrayBuffer[] = [];
+      const experts: BatchExpert[] = batch.map(({ i, entry }) => {
+        const job = jobs[i]!;
+        const buffer = entry.slot.buffer!;
+        let slab = slabs.indexOf(buffer);
+        if (slab < 0) slab = slabs.push(buffer) - 1;
         const matrix = (m: ExpertMatrix): MatrixInSlab => {
           const loc = locator.locate(layer, job.expert, m);
           return { offset: entry.ranges[m].offset, byteLength: entry.ranges[m].byteLength, type: loc.type, rows: loc.rows, cols: loc.cols };
         };
+        const down = matrix('down');
+        if (down.rows !== nEmbd) throw new Error(`layer ${layer} expert ${job.expert} has ${down.rows} outputs, expected ${nEmbd}`);
+        return { slab, gate: matrix('gate'), up: matrix('up'), down, rowStart: rowStart[i]!, nTokens: job.rows.length };
+      });
+      const what = `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`;
+      return pool.runBatch({ slabs, experts, x: xs, rows, out }, what);
+    };
+
+    const dispatch = (): void => {
+      while (failure === undefined && inFlight < pool.threads && ready.length > 0) {
+        const batch = ready.splice(0, Math.ceil(ready.length / (pool.threads - inFlight)));
+        inFlight++;
         clock.computeStart();
+        let task: Promise<BatchResult>;
         try {
-          const r = await pool.run({
-            slab: entry.slot.buffer!, gate: matrix('gate'), up: matrix('up'), down: matrix('down'),
-            x: xs, rows: job.rows, nTokens: job.rows.length,
-          }, `layer ${layer} expert ${job.expert}`);
-          stats.addCompute(layer, r.computeMs);
-          if (r.y.length !== job.rows.length * nEmbd) throw new Error(`expert ${job.expert} returned ${r.y.length} values, expected ${job.rows.length * nEmbd}`);
-          results[i] = r.y;
-        } finally {
-          clock.computeEnd();
+          task = runBatch(batch);
+        } catch (err) {
+          task = Promise.reject(err);
         }
-      } finally {
-        cache.release(entry);
+        task.then((r) => {
+          stats.addCompute(layer, r.computeMs);
+          for (const { i } of batch) results[i] = out.subarray(rowStart[i]! * nEmbd, (rowStart[i]! + jobs[i]!.rows.length) * nEmbd);
+        }, fail).finally(() => {
+          clock.computeEnd();
+          for (const { entry } of batch) cache.release(entry);
+          pinned -= batch.length;
+          inFlight--;
+          lookUp();
+          dispatch();
+          finishIfIdle();
+        }).catch(fail);
       }
     };
 
-    // `limit` lanes, each taking the next job when its last one is done; the first error stops new
-    // jobs, the lanes drain (no pin or read is left behind), then it is thrown.
-    const lane = async (): Promise<void> => {
-      while (failure === undefined && next < order.length) {
-        const i = order[next++]!;
-        try {
-          await runOne(i);
-        } catch (err) {
-          if (failure === undefined) failure = err;
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: limit }, lane));
+    lookUp();
+    dispatch();
+    finishIfIdle();
+    await done;
     stats.addStall(layer, clock.stalledMs);
     stats.addWall(layer, performance.now() - t0);
     if (failure !== undefined) throw failure;

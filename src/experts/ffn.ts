@@ -18,12 +18,21 @@ export function silu(z: number): number {
 
 /** down · (silu(gate · x) * (up · x)) for nTokens rows of x (gate.cols values each). Returns nTokens rows of down.rows. */
 export function expertFfnBytes(gate: MatrixBytes, up: MatrixBytes, down: MatrixBytes, x: Float32Array, nTokens: number, threads: number): Float32Array {
-  const g = new Float32Array(nTokens * gate.rows);
-  const u = new Float32Array(nTokens * up.rows);
+  const y = new Float32Array(nTokens * down.rows);
+  expertFfnInto(gate, up, down, x, nTokens, threads, y, new Float32Array(nTokens * gate.rows), new Float32Array(nTokens * up.rows));
+  return y;
+}
+
+/**
+ * The same computation writing into caller-owned buffers (the pool's workers reuse them: no garbage per
+ * expert): y gets nTokens * down.rows values; g and u are scratch of at least nTokens * gate.rows values
+ * (the native matmul reads and writes only the leading values it needs).
+ */
+export function expertFfnInto(gate: MatrixBytes, up: MatrixBytes, down: MatrixBytes, x: Float32Array, nTokens: number, threads: number,
+  y: Float32Array, g: Float32Array, u: Float32Array): void {
+  const n = nTokens * gate.rows;
   matmul(gate.type, gate.data, gate.rows, gate.cols, x, nTokens, g, threads);
   matmul(up.type, up.data, up.rows, up.cols, x, nTokens, u, threads);
-  for (let i = 0; i < g.length; i++) g[i] = silu(g[i]!) * u[i]!;
-  const y = new Float32Array(nTokens * down.rows);
+  for (let i = 0; i < n; i++) g[i] = silu(g[i]!) * u[i]!;
   matmul(down.type, down.data, down.rows, down.cols, g, nTokens, y, threads);
-  return y;
 }

@@ -193,12 +193,20 @@ export class HostCache {
    * waiting on it gets the error (none holds a pin afterwards).
    */
   async getOrLoad(layer: number, expert: number, load: (entry: HostEntry) => Promise<void>): Promise<HostEntry> {
-    // Synchronous up to the await: the lookup, the pin and the start of the load happen atomically.
+    return await this.pinOrLoad(layer, expert, load);
+  }
+
+  /**
+   * getOrLoad without a wait where none is needed: an expert resident and loaded comes back pinned at
+   * once; otherwise the promise getOrLoad gives. The lookup, the pin and the start of the load happen
+   * synchronously, in the call, either way (same counters, same LRU order).
+   */
+  pinOrLoad(layer: number, expert: number, load: (entry: HostEntry) => Promise<void>): HostEntry | Promise<HostEntry> {
     const { entry, hit } = this.lookup(layer, expert);
     entry.pins++;
+    if (hit && entry.loaded) return entry;
     if (!hit) entry.ready = this.runLoad(entry, load);
-    await entry.ready;
-    return entry;
+    return entry.ready.then(() => entry);
   }
 
   /**

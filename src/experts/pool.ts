@@ -4,9 +4,9 @@
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { MoeOffloadError } from '../model/errors.js';
-import type { ExpertResult, ExpertTask } from './worker.js';
+import type { BatchResult, ExpertBatchTask, ExpertResult, ExpertTask } from './worker.js';
 
-export type { ExpertResult, ExpertTask, MatrixInSlab } from './worker.js';
+export type { BatchExpert, BatchResult, ExpertBatchTask, ExpertResult, ExpertTask, MatrixInSlab } from './worker.js';
 
 export interface ExpertPoolOptions {
   /** Worker threads (default 1). */
@@ -17,13 +17,13 @@ export class ExpertPool {
   readonly threads: number;
   /** Failed attempts that were retried (for stats and tests). */
   retries = 0;
-  private readonly piscina: Piscina<ExpertTask, ExpertResult>;
+  private readonly piscina: Piscina<ExpertTask | ExpertBatchTask, ExpertResult | BatchResult>;
   private fault: { attempts: number; kind: 'exit' | 'throw' } | undefined;
   private closed = false;
 
   constructor(opts: ExpertPoolOptions = {}) {
     this.threads = Math.max(1, Math.floor(opts.threads ?? 1));
-    this.piscina = new Piscina<ExpertTask, ExpertResult>({
+    this.piscina = new Piscina<ExpertTask | ExpertBatchTask, ExpertResult | BatchResult>({
       // dist/src/experts/pool.js -> dist/src/experts/worker.js
       filename: fileURLToPath(new URL('./worker.js', import.meta.url)),
       minThreads: this.threads,
@@ -38,11 +38,23 @@ export class ExpertPool {
    * Computes one expert's FFN. `what` names the task in errors (e.g. 'layer 3 expert 12').
    * x is not transferred (it is usually on a SharedArrayBuffer), so a retry can reuse it.
    */
-  async run(task: ExpertTask, what = 'an expert'): Promise<ExpertResult> {
+  run(task: ExpertTask, what = 'an expert'): Promise<ExpertResult> {
+    return this.submit(task, what) as Promise<ExpertResult>;
+  }
+
+  /**
+   * Computes several experts in one task (one message each way), writing their outputs into task.out.
+   * Retried as a whole, like run(): a batch writes only its own rows of out, so a retry redoes them.
+   */
+  runBatch(task: ExpertBatchTask, what = 'experts'): Promise<BatchResult> {
+    return this.submit(task, what) as Promise<BatchResult>;
+  }
+
+  private async submit<T extends ExpertTask | ExpertBatchTask>(task: T, what: string): Promise<ExpertResult | BatchResult> {
     if (this.closed) throw new MoeOffloadError(`the expert worker pool is closed (computing ${what})`);
     const fault = this.fault;
     this.fault = undefined;
-    const attempt = (n: number): ExpertTask => (fault && n <= fault.attempts ? { ...task, fault: fault.kind } : task);
+    const attempt = (n: number): T => (fault && n <= fault.attempts ? { ...task, fault: fault.kind } : task);
     try {
       return await this.piscina.run(attempt(1));
     } catch (first) {

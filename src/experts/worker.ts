@@ -1,8 +1,10 @@
-// A piscina worker: computes one expert's FFN for the tokens routed to it, reading the weights straight
-// from the RAM cache's SharedArrayBuffer slab (no copy) with the native kernels, one thread each (the
-// pool's workers are the parallelism).
+// A piscina worker: computes experts' FFNs for the tokens routed to them, reading the weights straight
+// from the RAM cache's SharedArrayBuffer slabs (no copy) with the native kernels, one thread each (the
+// pool's workers are the parallelism). Two task shapes: one expert returning its output (ExpertTask),
+// or several experts of one layer writing into a shared output buffer (ExpertBatchTask: one message per
+// worker per layer instead of one per expert, and no per-expert garbage).
 import { move, transferableSymbol, valueSymbol } from 'piscina';
-import { expertFfnBytes, type MatrixBytes } from './ffn.js';
+import { expertFfnBytes, expertFfnInto, type MatrixBytes } from './ffn.js';
 import type { GGMLType } from '../model/ggml-types.js';
 
 /** Where one matrix sits in the slab. */
@@ -35,13 +37,81 @@ export interface ExpertResult {
   computeMs: number;
 }
 
+/** One expert of a batch: its matrices in task.slabs[slab], its tokens at rows [rowStart, rowStart + nTokens) of the task. */
+export interface BatchExpert {
+  slab: number;
+  gate: MatrixInSlab;
+  up: MatrixInSlab;
+  down: MatrixInSlab;
+  rowStart: number;
+  nTokens: number;
+}
+
+export interface ExpertBatchTask {
+  /** The slabs the experts' weights sit in (usually one or a few). */
+  slabs: SharedArrayBuffer[];
+  experts: BatchExpert[];
+  /** Hidden states, rows of nEmbd values (shared memory). */
+  x: Float32Array;
+  /** rows[j]: the row of x that output row j is computed from. */
+  rows: Int32Array;
+  /** Output rows of down.rows values (shared memory); each expert writes its rows [rowStart, rowStart + nTokens). */
+  out: Float32Array;
+  /** Tests only, as in ExpertTask. */
+  fault?: 'exit' | 'throw';
+}
+
+export interface BatchResult {
+  /** Time spent in this worker on the task, ms. */
+  computeMs: number;
+}
+
+// Scratch reused from task to task: gathered rows of x, and the gate/up products.
+let scratchX: Float32Array = new Float32Array(0);
+let scratchG: Float32Array = new Float32Array(0);
+let scratchU: Float32Array = new Float32Array(0);
+function scratch(buf: Float32Array, n: number): Float32Array {
+  return buf.length >= n ? buf : new Float32Array(Math.max(n, 2 * buf.length));
+}
+
+function computeBatch(task: ExpertBatchTask): BatchResult {
+  const t0 = performance.now();
+  const { x, rows, out } = task;
+  for (const e of task.experts) {
+    const slab = task.slabs[e.slab]!;
+    const nEmbd = e.gate.cols;
+    const n = e.nTokens;
+    // The expert's tokens as contiguous rows: a view when they already are, else gathered.
+    const first = rows[e.rowStart]!;
+    let contiguous = true;
+    for (let i = 1; i < n && contiguous; i++) contiguous = rows[e.rowStart + i] === first + i;
+    let xe: Float32Array;
+    if (contiguous) {
+      xe = x.subarray(first * nEmbd, (first + n) * nEmbd);
+    } else {
+      scratchX = scratch(scratchX, n * nEmbd);
+      xe = scratchX;
+      for (let i = 0; i < n; i++) {
+        const r = rows[e.rowStart + i]!;
+        xe.set(x.subarray(r * nEmbd, (r + 1) * nEmbd), i * nEmbd);
+      }
+    }
+    scratchG = scratch(scratchG, n * e.gate.rows);
+    scratchU = scratch(scratchU, n * e.up.rows);
+    const y = out.subarray(e.rowStart * e.down.rows, (e.rowStart + n) * e.down.rows);
+    expertFfnInto(view(slab, e.gate), view(slab, e.up), view(slab, e.down), xe, n, 1, y, scratchG, scratchU);
+  }
+  return { computeMs: performance.now() - t0 };
+}
+
 function view(slab: SharedArrayBuffer, m: MatrixInSlab): MatrixBytes {
   return { type: m.type, rows: m.rows, cols: m.cols, data: new Uint8Array(slab, m.offset, m.byteLength) };
 }
 
-export default function computeExpert(task: ExpertTask): ExpertResult {
+export default function computeExpert(task: ExpertTask | ExpertBatchTask): ExpertResult | BatchResult {
   if (task.fault === 'exit') process.exit(70); // in a worker thread this ends the thread only
   if (task.fault === 'throw') throw new Error('injected worker fault');
+  if ('experts' in task) return computeBatch(task);
   const t0 = performance.now();
   const nEmbd = task.gate.cols;
   let x = task.x;
