@@ -7,7 +7,8 @@
 import { accessOrder } from './access-order.js';
 import type { HostCache, HostEntry } from './host-cache.js';
 import type { ExpertLocator, ExpertMatrix } from './locator.js';
-import type { BatchExpert, BatchResult, ExpertPool, MatrixInSlab } from './pool.js';
+import type { BatchExpert, BatchResult, ExpertBatchTask, ExpertPool, MatrixInSlab } from './pool.js';
+import { computeBatch } from './worker.js';
 import type { ExpertReader } from './reader.js';
 import type { ExpertStats } from './stats.js';
 
@@ -93,9 +94,9 @@ export class ExpertDispatcher implements ExpertRunner {
     const order = accessOrder(layer, jobs.map((j) => j.expert), (l, e) => cache.has(l, e));
     const clock = new StallClock();
     const limit = Math.max(1, Math.min(cache.capacity, jobs.length));
-    // Experts whose weights are in RAM, pinned, waiting for a worker. They go out in at most
-    // pool.threads tasks at a time, the ready ones split evenly over the idle workers: one message per
-    // worker per layer when everything is resident, and each miss as soon as a worker is free.
+    // Experts whose weights are in RAM, pinned, waiting to be computed. They go out in one task per idle
+    // worker, the ready ones split evenly over the idle compute threads: one message per worker per
+    // layer when everything is resident, and each miss as soon as a thread is free.
     const ready: { i: number; entry: HostEntry }[] = [];
     let next = 0;
     let pinned = 0;
@@ -160,7 +161,7 @@ export class ExpertDispatcher implements ExpertRunner {
       }
     };
 
-    const runBatch = (batch: { i: number; entry: HostEntry }[]): Promise<BatchResult> => {
+    const taskOf = (batch: { i: number; entry: HostEntry }[]): ExpertBatchTask => {
       const slabs: SharedArrayBuffer[] = [];
       const experts: BatchExpert[] = batch.map(({ i, entry }) => {
         const job = jobs[i]!;
@@ -175,33 +176,56 @@ export class ExpertDispatcher implements ExpertRunner {
         if (down.rows !== nEmbd) throw new Error(`layer ${layer} expert ${job.expert} has ${down.rows} outputs, expected ${nEmbd}`);
         return { slab, gate: matrix('gate'), up: matrix('up'), down, rowStart: rowStart[i]!, nTokens: job.rows.length };
       });
-      const what = `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`;
-      return pool.runBatch({ slabs, experts, x: xs, rows, out }, what);
+      return { slabs, experts, x: xs, rows, out };
+    };
+    const finished = (batch: { i: number; entry: HostEntry }[], computeMs: number): void => {
+      stats.addCompute(layer, computeMs);
+      for (const { i } of batch) results[i] = out.subarray(rowStart[i]! * nEmbd, (rowStart[i]! + jobs[i]!.rows.length) * nEmbd);
+    };
+    const unpin = (batch: { i: number; entry: HostEntry }[]): void => {
+      for (const { entry } of batch) cache.release(entry);
+      pinned -= batch.length;
     };
 
+    // With more than one compute thread, this thread is one of them: it would only wait otherwise, and
+    // on a machine with as many cores as threads a third thread woken here would take its core anyway.
+    // So pool.threads - 1 workers get tasks and this thread computes the rest (the workers' shares go
+    // out first, so they start while it computes). With one thread, the one worker does all.
+    const helper = pool.threads > 1 ? 1 : 0;
+    const workers = pool.threads - helper;
     const dispatch = (): void => {
-      while (failure === undefined && inFlight < pool.threads && ready.length > 0) {
-        const batch = ready.splice(0, Math.ceil(ready.length / (pool.threads - inFlight)));
-        inFlight++;
-        clock.computeStart();
-        let task: Promise<BatchResult>;
-        try {
-          task = runBatch(batch);
-        } catch (err) {
-          task = Promise.reject(err);
+      while (failure === undefined && ready.length > 0) {
+        while (failure === undefined && inFlight < workers && ready.length > 0) {
+          const batch = ready.splice(0, Math.ceil(ready.length / (workers - inFlight + helper)));
+          inFlight++;
+          clock.computeStart();
+          let task: Promise<BatchResult>;
+          try {
+            task = pool.runBatch(taskOf(batch), `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`);
+          } catch (err) {
+            task = Promise.reject(err);
+          }
+          task.then((r) => finished(batch, r.computeMs), fail).finally(() => {
+            clock.computeEnd();
+            unpin(batch);
+            inFlight--;
+            lookUp();
+            dispatch();
+            finishIfIdle();
+          }).catch(fail);
         }
-        task.then((r) => {
-          stats.addCompute(layer, r.computeMs);
-          for (const { i } of batch) results[i] = out.subarray(rowStart[i]! * nEmbd, (rowStart[i]! + jobs[i]!.rows.length) * nEmbd);
-        }, fail).finally(() => {
+        if (helper === 0 || ready.length === 0 || failure !== undefined) return;
+        const batch = ready.splice(0, ready.length);
+        clock.computeStart();
+        try {
+          finished(batch, computeBatch(taskOf(batch)).computeMs);
+        } catch (err) {
+          fail(err);
+        } finally {
           clock.computeEnd();
-          for (const { entry } of batch) cache.release(entry);
-          pinned -= batch.length;
-          inFlight--;
-          lookUp();
-          dispatch();
-          finishIfIdle();
-        }).catch(fail);
+          unpin(batch);
+        }
+        lookUp();
       }
     };
 

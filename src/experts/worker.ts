@@ -74,7 +74,8 @@ function scratch(buf: Float32Array, n: number): Float32Array {
   return buf.length >= n ? buf : new Float32Array(Math.max(n, 2 * buf.length));
 }
 
-function computeBatch(task: ExpertBatchTask): BatchResult {
+/** Computes a batch here, on the calling thread (a worker, or the dispatcher's own thread taking a share). */
+export function computeBatch(task: ExpertBatchTask): BatchResult {
   const t0 = performance.now();
   const { x, rows, out } = task;
   for (const e of task.experts) {
