@@ -66,7 +66,7 @@ export interface DecodeRow {
   stallMsPerToken: number;
   /** Wall time of the expert stages (routing to last result), per token; the rest is attention, norms, router, output on the main thread. */
   expertWallMsPerToken: number;
-  /** Worker compute time per token (summed over workers). */
+  /** Expert compute time per token, summed over the threads computing experts (workers and, with 2+ threads, the main thread). */
   computeMsPerToken: number;
   readBoundMs: number;
   computeBoundMs: number;
@@ -337,8 +337,9 @@ export function offloadTable(r: OffloadBenchResult): string {
   ])];
   const widths = header.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
   for (const row of rows) lines.push(row.map((c, i) => (i <= 1 || i === row.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
-  lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN time inside the workers, summed over');
-  lines.push('workers; other ms = ms/tok - experts ms (attention, norms, routers, output, on the main thread)');
+  lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN compute time summed over the threads');
+  lines.push('computing experts (workers, and the main thread\'s share with 2+ threads); other ms = ms/tok - experts ms (attention, norms,');
+  lines.push('routers, output, on the main thread)');
   lines.push(`offload part took ${f(r.seconds, 1)} s; load average ${f(r.loadAverage.before)} before, ${f(r.loadAverage.after)} after (${r.threads} cores; others' load slows every number)`);
   return `${lines.join('\n')}\n`;
 }

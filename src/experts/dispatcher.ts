@@ -1,9 +1,9 @@
 // Per layer: the routed experts, each with the token rows routed to it, go to the RAM cache; experts
-// already resident go to the worker pool at once while the misses are read (all reads start
-// together), several experts per task (one task per idle worker); each task's pins are released as
-// soon as its results are back. The caller (the engine's
-// MoE layer) gets one output block per expert and combines them in each token's selection order, so
-// the result does not depend on which expert finished first.
+// already resident are computed at once while the misses are read (all reads start together), several
+// experts per pool task (one task per idle worker), and with 2+ threads this thread computes a share
+// too; each task's pins are released as soon as its results are back. The caller (the engine's MoE
+// layer) gets one output block per expert and combines them in each token's selection order, so the
+// result does not depend on which expert finished first or where it was computed.
 import { accessOrder } from './access-order.js';
 import type { HostCache, HostEntry } from './host-cache.js';
 import type { ExpertLocator, ExpertMatrix } from './locator.js';

@@ -1,5 +1,5 @@
-// The CPU expert pool: `threads` piscina workers, each computing one expert's FFN at a time from the
-// shared slab (worker.ts). A task that fails (its worker died, or threw) is retried once on a fresh
+// The CPU expert pool: `threads` piscina workers, each computing one task at a time (one expert, or a
+// batch of one layer's experts) from the shared slabs (worker.ts). A task that fails (its worker died, or threw) is retried once on a fresh
 // or another worker; a second failure is a MoeOffloadError. piscina replaces dead workers itself.
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';

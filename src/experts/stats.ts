@@ -12,7 +12,10 @@ export interface IoComputeCounters {
   readMs: number;
   /** Time the layer had reads outstanding and no expert computing: the forward pass waited on the disk. */
   stallMs: number;
-  /** Expert FFN tasks and the time workers spent on them, summed over workers. */
+  /**
+   * Expert FFN tasks (one batch of a layer's experts on one thread) and their compute time, summed over
+   * the threads that computed experts: the workers and, with 2+ threads, the dispatching thread.
+   */
   tasks: number;
   computeMs: number;
   /** Wall time of the layer's expert stage (from routing to the last expert result). */
