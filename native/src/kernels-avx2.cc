@@ -6,6 +6,7 @@
 #include "fp16.h"
 #include <immintrin.h>
 #include <cstring>
+#include <vector>
 
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 
@@ -266,7 +267,17 @@ AVX2_FN inline float hsum128(__m128 s) {
   return _mm_cvtss_f32(s);
 }
 
-// Q4_K (HIGH = false) and Q5_K (HIGH = true, fifth bits in qh[32]).
+// Weights prefetch with the distances measured for Q4_0 (kernels-q4_0-pairs.h): short rows 4 KiB ahead
+// into L1, long rows (>= 4096 values) 8 KiB ahead into L2.
+template <bool LONG, int BYTES>
+AVX2_FN inline void prefetchRows(const uint8_t* p) {
+  for (int line = 0; line < BYTES; line += 64) {
+    if (LONG) _mm_prefetch((const char*)p + 8192 + line, _MM_HINT_T1);
+    else _mm_prefetch((const char*)p + 4096 + line, _MM_HINT_T0);
+  }
+}
+
+// Q5_K (HIGH = true, fifth bits in qh[32]); HIGH = false is Q4_K as the plain layout (Q4K below is faster).
 template <bool HIGH>
 struct QK45 {
   static constexpr int bytes = HIGH ? 176 : 144;
@@ -310,6 +321,78 @@ struct QK45 {
         const __m256i bs = load256(a.bsums + ab * 16);
         const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
         const __m128i prod = _mm_madd_epi16(mins, pairs);  // m_j * (bsums[2j] + bsums[2j+1]), exact
+        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+        accMin[k] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d[ab]), _mm_cvtepi32_ps(prod), accMin[k]);
+      }
+    }
+    for (int k = 0; k < NT; k++) res[k] = hsum(acc[k]) - hsum128(accMin[k]);
+  }
+};
+
+// Q4_K with a rearranged activation (Q4KAct): per 64 values (sub-blocks 2j, 2j+1) the quants are stored
+// as [y 0-15 | y 32-47 | y 16-31 | y 48-63], so each 128-bit half of the nibble bytes, broadcast to both
+// halves and shifted by 0 (low half) or 4 (high half), meets its activations directly: one scale vector
+// [s_2j x8 | s_2j+1 x8] and one madd per 64 values instead of two of each plus two shuffles. The bsums
+// come pre-added in pairs (one int16 per 32 values). Exact integer sums as before; only the lanes they
+// land in (so the f32 summation order) differ.
+struct Q4KAct {
+  std::vector<int8_t> qs;
+  std::vector<int16_t> pairs;
+  Act act;
+
+  explicit Q4KAct(const Act& a) : qs((size_t)a.nTokens * a.cols), pairs((size_t)a.nTokens * a.blocks * 8), act(a) {
+    const size_t chunks = (size_t)a.nTokens * a.cols / 64;
+    for (size_t c = 0; c < chunks; c++) {
+      const int8_t* y = a.qs + 64 * c;
+      int8_t* o = qs.data() + 64 * c;
+      std::memcpy(o, y, 16);
+      std::memcpy(o + 16, y + 32, 16);
+      std::memcpy(o + 32, y + 16, 16);
+      std::memcpy(o + 48, y + 48, 16);
+      pairs[2 * c] = (int16_t)(a.bsums[4 * c] + a.bsums[4 * c + 1]);
+      pairs[2 * c + 1] = (int16_t)(a.bsums[4 * c + 2] + a.bsums[4 * c + 3]);
+    }
+    act.qs = qs.data();
+    act.bsums = pairs.data();
+  }
+};
+
+template <bool LONG>
+struct Q4K {
+  template <int NT>
+  AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
+    const int nb = a.blocks;
+    __m256 acc[NT];
+    __m128 accMin[NT];
+    for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps(), accMin[k] = _mm_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), shifts = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* blk = w + 144 * b;
+      prefetchRows<LONG, 144>(blk);
+      const __m256i sm = kScalesMins(blk + 4);
+      const __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);
+      const __m128i mins = _mm256_extracti128_si256(sm, 1);
+      __m256i sumi[NT];
+      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
+      for (int j = 0; j < 4; j++) {
+        const uint8_t* q = blk + 16 + 32 * j;
+        const __m256i v1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(load128(q)), shifts), m4);
+        const __m256i v2 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(load128(q + 16)), shifts), m4);
+        // int16 lanes 0-7: scale 2j, lanes 8-15: scale 2j+1
+        const long long lo = (long long)(0x0001000100010001ULL * (uint64_t)(0x0100 + 0x0202 * (2 * j)));
+        const long long hi = (long long)(0x0001000100010001ULL * (uint64_t)(0x0100 + 0x0202 * (2 * j + 1)));
+        const __m256i sc = _mm256_shuffle_epi8(scales, _mm256_set_epi64x(hi, hi, lo, lo));
+        for (int k = 0; k < NT; k++) {
+          const int8_t* y = a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 64 * j;
+          // each int16 lane is at most 2 * 15 * 128 in magnitude per maddubs: the sum of two cannot saturate
+          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(v1, load256(y)), _mm256_maddubs_epi16(v2, load256(y + 32)));
+          sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, sc));
+        }
+      }
+      const float d = halfToFloat(blk), dmin = halfToFloat(blk + 2);
+      for (int k = 0; k < NT; k++) {
+        const size_t ab = (size_t)(t0 + k) * nb + b;
+        const __m128i prod = _mm_madd_epi16(mins, load128(a.bsums + ab * 8));  // m_j * pair sums, exact
         acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[ab]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
         accMin[k] = _mm_fmadd_ps(_mm_set1_ps(dmin * a.d[ab]), _mm_cvtepi32_ps(prod), accMin[k]);
       }
@@ -485,6 +568,15 @@ AVX2_FN void rowsAvx2(const Job& job, int r0, int r1) {
   }
 }
 
+// Q4_K: the activation rearranged once per call (Q4KAct), prefetch distance by row length.
+AVX2_FN void rowsQ4K(const Job& job, int r0, int r1) {
+  const Q4KAct prepared(*job.act);
+  Job j = job;
+  j.act = &prepared.act;
+  if (j.act->cols >= 4096) rowsAvx2<Q4K<true>>(j, r0, r1);
+  else rowsAvx2<Q4K<false>>(j, r0, r1);
+}
+
 }  // namespace
 
 RowsKernel avx2Kernel(int type) {
@@ -497,7 +589,7 @@ RowsKernel avx2Kernel(int type) {
     case T_Q4_1: return Blocks32<Q4_1B>::rows;
     case T_Q5_0: return Blocks32<Q5_0B>::rows;
     case T_Q5_1: return Blocks32<Q5_1B>::rows;
-    case T_Q4_K: return rowsAvx2<QK45<false>>;
+    case T_Q4_K: return rowsQ4K;
     case T_Q5_K: return rowsAvx2<QK45<true>>;
     case T_Q6_K: return rowsAvx2<Q6_K>;
     case T_Q2_K: return rowsAvx2<Q2_K>;
