@@ -401,21 +401,29 @@ struct Q4K {
   }
 };
 
-// Q6_K: 6-bit values 0..63 with offset 32, taken off in int16 (maddubs of 32 * y) before the scales.
-struct Q6_K {
+// Q6_K: 6-bit values 0..63 with offset 32, taken off once per super-block as 32 * sum_g sc[g] * bsums[g]
+// (exact, from the Q8_K bsums) instead of a second maddubs per 32 values. Each 32-value vector covers groups g, g+1 in its
+// two 128-bit halves, so one shuffle of the widened scales gives [sc[g] x8 | sc[g+1] x8].
+template <bool LONG>
+struct Q6K {
   template <int NT>
   AVX2_FN static void dot(const uint8_t* w, const Act& a, int t0, float* res) {
     const int nb = a.blocks;
     __m256 acc[NT];
     for (int k = 0; k < NT; k++) acc[k] = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), m32 = _mm256_set1_epi8(32);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     for (int b = 0; b < nb; b++) {
       const uint8_t* blk = w + 210 * b;
-      prefetchAhead<210>(blk);
-      const int8_t* sc = (const int8_t*)(blk + 192);
+      prefetchRows<LONG, 210>(blk);
+      const __m256i sc16 = _mm256_cvtepi8_epi16(load128(blk + 192));
       __m256i sumi[NT];
-      for (int k = 0; k < NT; k++) sumi[k] = _mm256_setzero_si256();
+      for (int k = 0; k < NT; k++) {
+        // the offset: 32 * sum_g sc[g] * bsums[g], taken off here (int32 lanes, exact)
+        const __m256i off = _mm256_madd_epi16(sc16, load256(a.bsums + ((size_t)(t0 + k) * nb + b) * 16));
+        sumi[k] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+      }
       for (int n = 0; n < 2; n++) {
+        const __m256i half = n == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00) : _mm256_permute2x128_si256(sc16, sc16, 0x11);
         const __m256i l0 = load256(blk + 64 * n), l1 = load256(blk + 64 * n + 32);
         const __m256i h = load256(blk + 128 + 32 * n);
         __m256i q[4];
@@ -425,12 +433,14 @@ struct Q6_K {
         q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
         for (int v = 0; v < 4; v++) {
-          const int g = 8 * n + 2 * v;  // the two 16-value groups of this 32-value vector
-          const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+          // int16 lanes 0-7: scale of group 8n + 2v, lanes 8-15: of group 8n + 2v + 1
+          const long long lo = (long long)(0x0001000100010001ULL * (uint64_t)(0x0100 + 0x0202 * (2 * v)));
+          const long long hi = (long long)(0x0001000100010001ULL * (uint64_t)(0x0100 + 0x0202 * (2 * v + 1)));
+          const __m256i scales = _mm256_shuffle_epi8(half, _mm256_set_epi64x(hi, hi, lo, lo));
           for (int k = 0; k < NT; k++) {
             const __m256i y = load256(a.qs + ((size_t)(t0 + k) * nb + b) * 256 + 128 * n + 32 * v);
-            const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[v], y), _mm256_maddubs_epi16(m32, y));
-            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, scales));
+            // each int16 lane is at most 2 * 63 * 128 in magnitude: no saturation
+            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q[v], y), scales));
           }
         }
       }
@@ -577,6 +587,12 @@ AVX2_FN void rowsQ4K(const Job& job, int r0, int r1) {
   else rowsAvx2<Q4K<false>>(j, r0, r1);
 }
 
+// Q6_K: prefetch distance by row length.
+AVX2_FN void rowsQ6K(const Job& job, int r0, int r1) {
+  if (job.act->cols >= 4096) rowsAvx2<Q6K<true>>(job, r0, r1);
+  else rowsAvx2<Q6K<false>>(job, r0, r1);
+}
+
 }  // namespace
 
 RowsKernel avx2Kernel(int type) {
@@ -591,7 +607,7 @@ RowsKernel avx2Kernel(int type) {
     case T_Q5_1: return Blocks32<Q5_1B>::rows;
     case T_Q4_K: return rowsQ4K;
     case T_Q5_K: return rowsAvx2<QK45<true>>;
-    case T_Q6_K: return rowsAvx2<Q6_K>;
+    case T_Q6_K: return rowsQ6K;
     case T_Q2_K: return rowsAvx2<Q2_K>;
     case T_Q3_K: return rowsAvx2<Q3_K>;
     default: return nullptr;
