@@ -24,7 +24,7 @@ const BANDWIDTH_BYTES = 256 * MiB;
 /** Each timed pass reads at least this many weight bytes (several matrix copies) so they come from RAM. */
 const ROTATION_BYTES = 128 * MiB;
 const SHAPES: MatrixShape[] = [{ rows: 2048, cols: 1024 }, { rows: 4096, cols: 14336 }];
-const KERNELS = [GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.F16];
+const KERNELS = [GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.F16];
 const TARGET_Q4_0_VS_BANDWIDTH = 0.8;
 const TARGET_Q4_0_VS_ORT = 1.0;
 
