@@ -224,6 +224,18 @@ function checkHeader(h: TraceHeader, where: string): void {
   }
 }
 
+const TRUNCATED: unique symbol = Symbol('truncated');
+
+/** A line's JSON value, or TRUNCATED for an unparsable last line (a trace cut off mid-write). */
+function parseLineJson(text: string, last: boolean, where: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    if (last) return TRUNCATED;
+    throw new UsageError(`${where}: not a JSON object`, 'each line of a trace is one JSON object');
+  }
+}
+
 /**
  * Opens a trace in our format or in the plain import layout (detected from the first line). Token lines
  * are checked as they are read; a bad line throws UsageError naming the file and line.
@@ -244,16 +256,11 @@ export async function openTrace(path: string, onProgress?: ReadProgress): Promis
     }
     const { text, line, last } = r.value;
     if (text.trim() === '') continue;
-    let obj: unknown;
-    try {
-      obj = JSON.parse(text);
-    } catch {
-      if (last) {
-        truncated = true;
-        done = true;
-        break;
-      }
-      throw new UsageError(`${path}:${line}: not a JSON object`, 'each line of a trace is one JSON object');
+    const obj = parseLineJson(text, last, `${path}:${line}`);
+    if (obj === TRUNCATED) {
+      truncated = true;
+      done = true;
+      break;
     }
     if (isHeader(obj)) {
       checkHeader(obj, `${path}:${line}`);
@@ -267,15 +274,10 @@ export async function openTrace(path: string, onProgress?: ReadProgress): Promis
     if (done) return;
     for await (const { text, line, last } of lines) {
       if (text.trim() === '') continue;
-      let obj: unknown;
-      try {
-        obj = JSON.parse(text);
-      } catch {
-        if (last) {
-          truncated = true;
-          return;
-        }
-        throw new UsageError(`${path}:${line}: not a JSON object`, 'each line of a trace is one JSON object');
+      const obj = parseLineJson(text, last, `${path}:${line}`);
+      if (obj === TRUNCATED) {
+        truncated = true;
+        return;
       }
       const rec = parseTraceTokenLine(obj, `${path}:${line}`);
       if (header && rec.experts.length !== header.layers) {
