@@ -4,7 +4,7 @@
 // or several experts of one layer writing into a shared output buffer (ExpertBatchTask: one message per
 // worker per layer instead of one per expert, and no per-expert garbage).
 import { move, transferableSymbol, valueSymbol } from 'piscina';
-import { expertFfnBytes, expertFfnInto, type MatrixBytes } from './ffn.js';
+import { expertFfnInto, type MatrixBytes } from './ffn.js';
 import type { GGMLType } from '../model/ggml-types.js';
 
 /** Where one matrix sits in the slab. */
@@ -113,18 +113,12 @@ export default function computeExpert(task: ExpertTask | ExpertBatchTask): Exper
   if (task.fault === 'exit') process.exit(70); // in a worker thread this ends the thread only
   if (task.fault === 'throw') throw new Error('injected worker fault');
   if ('experts' in task) return computeBatch(task);
-  const t0 = performance.now();
-  const nEmbd = task.gate.cols;
-  let x = task.x;
-  if (task.rows) {
-    x = new Float32Array(task.nTokens * nEmbd);
-    for (let i = 0; i < task.nTokens; i++) {
-      const r = task.rows[i]!;
-      x.set(task.x.subarray(r * nEmbd, (r + 1) * nEmbd), i * nEmbd);
-    }
-  }
-  const y = expertFfnBytes(view(task.slab, task.gate), view(task.slab, task.up), view(task.slab, task.down), x, task.nTokens, 1);
-  const result: ExpertResult = { y, computeMs: performance.now() - t0 };
+  // One expert is a batch of one writing into its own output buffer (the same gather and arithmetic).
+  const { slab, gate, up, down, x, nTokens } = task;
+  const y = new Float32Array(nTokens * down.rows);
+  const rows = task.rows ?? Int32Array.from({ length: nTokens }, (_, i) => i);
+  const { computeMs } = computeBatch({ slabs: [slab], experts: [{ slab: 0, gate, up, down, rowStart: 0, nTokens }], x, rows, out: y });
+  const result: ExpertResult = { y, computeMs };
   // Hand y's buffer over instead of copying it (piscina's transferable wrapper).
   return move({ [transferableSymbol]: [y.buffer], [valueSymbol]: result } as never) as unknown as ExpertResult;
 }
