@@ -62,6 +62,16 @@ export function schReplay(ids: Int32Array, tokens: number, width: number, m: num
   return cap <= SCAN_CAP && exact ? replayByScan(ids, tokens, width, m, cap, span, s) : replayByLists(ids, tokens, width, m, cap, s);
 }
 
+/** Clears the per-expert state and counts the first window (the first `end` ids) into `s.count`. */
+function startReplay(s: SchScratch, ids: Int32Array, end: number): void {
+  const { count } = s;
+  count.fill(0);
+  s.cached.fill(0);
+  s.used.fill(0);
+  s.evictedAt.fill(0);
+  for (let i = 0; i < end; i++) count[ids[i]!]!++;
+}
+
 /** SCH with the victim found by a scan of the (at most SCAN_CAP) cached experts, held in `s.inserted`. */
 function replayByScan(ids: Int32Array, tokens: number, width: number, m: number, cap: number, span: number, s: SchScratch): { warm: number; cold: number } {
   // slots[i]: the expert in slot i; slotKey[i]: its count * span + stamp, kept current so that the scan
@@ -69,16 +79,12 @@ function replayByScan(ids: Int32Array, tokens: number, width: number, m: number,
   const { count, cached, used, evictedAt, inserted: slots, prev: slotOf, slotKey } = s;
   const n = tokens;
   const w = width;
-  count.fill(0);
-  cached.fill(0);
-  used.fill(0);
-  evictedAt.fill(0);
+  startReplay(s, ids, Math.min(m, n) * w);
   let warm = 0;
   let cold = 0;
   let distinct = 0;
   let cachedCount = 0;
   let clock = 0;
-  for (let i = 0, end = Math.min(m, n) * w; i < end; i++) count[ids[i]!]!++;
   for (let t = 0; t < n; t++) {
     const base = t * w;
     // Judge and use the token's experts in router order (an id occurs once per token): count - 1,
@@ -140,10 +146,7 @@ function replayByLists(ids: Int32Array, tokens: number, width: number, m: number
   const { count, stamp, cached, used, evictedAt, prev, next, inserted, head, tail, size, sorted } = s;
   const n = tokens;
   const w = width;
-  count.fill(0);
-  cached.fill(0);
-  used.fill(0);
-  evictedAt.fill(0);
+  startReplay(s, ids, Math.min(m, n) * w);
   let warm = 0;
   let cold = 0;
   let distinct = 0;
@@ -153,7 +156,6 @@ function replayByLists(ids: Int32Array, tokens: number, width: number, m: number
   /** No list below `lo` has members (a lower bound on the lowest non-empty list). */
   let lo = 0;
 
-  for (let i = 0, end = Math.min(m, n) * w; i < end; i++) count[ids[i]!]!++;
   for (let t = 0; t < n; t++) {
     const base = t * w;
     // Judge and use the token's experts in router order (an id occurs once per token): count - 1,
