@@ -70,3 +70,15 @@ export function f32ToBf16(x: number): number {
   if ((u & 0x7fffffff) > 0x7f800000) return ((u >>> 16) | 64) & 0xffff;
   return ((u + (0x7fff + ((u >>> 16) & 1))) >>> 16) & 0xffff;
 }
+
+/** The little-endian IEEE half stored at byte `o` of `b`, as its value (how ggml blocks keep scales). */
+export function readF16(b: Uint8Array, o: number): number {
+  return f16ToF32(b[o]! | (b[o + 1]! << 8));
+}
+
+/** Stores `x` as a little-endian IEEE half at byte `o` of `b` (inverse of readF16). */
+export function writeF16(b: Uint8Array, o: number, x: number): void {
+  const h = f32ToF16(x);
+  b[o] = h & 0xff;
+  b[o + 1] = h >>> 8;
+}

@@ -3,7 +3,7 @@
 // scales as IEEE half); quantizers follow ggml's quantize_row_*_ref so the bytes match llama.cpp's.
 import { GGMLType, GGML_TYPE_INFO, typeName } from '../ggml-types.js';
 import { UnsupportedError } from '../errors.js';
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './f16.js';
+import { bf16ToF32, f32ToBf16, readF16, writeF16 } from './f16.js';
 import {
   type BlockDecoder, type BlockEncoder,
   decodeQ4_0, decodeQ4_1, decodeQ5_0, decodeQ5_1, decodeQ8_0, decodeQ8_1,
@@ -32,15 +32,11 @@ const encodeF32: BlockEncoder = (src, n, out) => {
 };
 
 const decodeF16: BlockDecoder = (src, n, out) => {
-  for (let i = 0, o = 0; i < n; i++, o += 2) out[i] = f16ToF32(src[o]! | (src[o + 1]! << 8));
+  for (let i = 0; i < n; i++) out[i] = readF16(src, 2 * i);
 };
 
 const encodeF16: BlockEncoder = (src, n, out) => {
-  for (let i = 0, o = 0; i < n; i++, o += 2) {
-    const h = f32ToF16(src[i]!);
-    out[o] = h & 0xff;
-    out[o + 1] = h >>> 8;
-  }
+  for (let i = 0; i < n; i++) writeF16(out, 2 * i, src[i]!);
 };
 
 const decodeBF16: BlockDecoder = (src, n, out) => {

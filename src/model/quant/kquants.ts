@@ -4,7 +4,7 @@
 // order, so the bytes match ggml's; ggml-base is built without FMA contraction, so no fused ops here.
 // Decoders multiply small integers by f16/f32 scales (exact products) and subtract a min (one rounding),
 // so they give ggml's values exactly.
-import { f16ToF32, f32ToF16 } from './f16.js';
+import { readF16, writeF16 } from './f16.js';
 import type { BlockDecoder, BlockEncoder } from './legacy.js';
 
 const fr = Math.fround;
@@ -24,14 +24,6 @@ export function nearestInt(v: number): number {
   return (scratchU[0]! & 0x007fffff) - 0x00400000;
 }
 
-function readF16(b: Uint8Array, o: number): number {
-  return f16ToF32(b[o]! | (b[o + 1]! << 8));
-}
-function writeF16(b: Uint8Array, o: number, x: number): void {
-  const h = f32ToF16(x);
-  b[o] = h & 0xff;
-  b[o + 1] = h >>> 8;
-}
 const clamp = (v: number, lo: number, hi: number) => (v < lo ? lo : v > hi ? hi : v);
 const int8 = (v: number) => (v << 24) >> 24;
 

@@ -3,7 +3,7 @@
 // ggml's C code bit for bit. Decoders need no care: each value is an exact product (a small integer
 // times an f16 scale) plus at most one f32 rounding when the block has a min, so FMA or not gives the
 // same f32 as ggml.
-import { f16ToF32, f32ToF16 } from './f16.js';
+import { readF16, writeF16 } from './f16.js';
 
 const fr = Math.fround;
 const QK = 32;
@@ -11,16 +11,6 @@ const QK = 32;
 export type BlockDecoder = (src: Uint8Array, nBlocks: number, out: Float32Array) => void;
 /** Encoders write into a zero-filled `out` (some only OR bits in). */
 export type BlockEncoder = (src: Float32Array, nBlocks: number, out: Uint8Array) => void;
-
-function readF16(b: Uint8Array, o: number): number {
-  return f16ToF32(b[o]! | (b[o + 1]! << 8));
-}
-
-function writeF16(b: Uint8Array, o: number, x: number): void {
-  const h = f32ToF16(x);
-  b[o] = h & 0xff;
-  b[o + 1] = h >>> 8;
-}
 
 function readU32(b: Uint8Array, o: number): number {
   return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
