@@ -52,6 +52,20 @@ export function slotLayout(sizes: Record<ExpertMatrix, { byteLength: number }>):
   return { matrices, expertBytes, slotBytes: Math.max(at, MATRIX_ALIGNMENT) };
 }
 
+/** Each layer's slot layout (from its expert 0: a layer's experts are all one size); undefined for a dense layer. */
+function layerLayouts(experts: ExpertSizes): (SlotLayout | undefined)[] {
+  return Array.from({ length: experts.layers }, (_, l) => (experts.hasExperts(l) ? slotLayout(experts.expertRange(l, 0)) : undefined));
+}
+
+function largestSlot(layouts: readonly (SlotLayout | undefined)[]): number {
+  return layouts.reduce((max, layout) => Math.max(max, layout?.slotBytes ?? 0), 0);
+}
+
+/** The slot size a HostCache uses for these experts (the largest padded expert), without allocating anything. */
+export function slotBytesOf(experts: ExpertSizes): number {
+  return largestSlot(layerLayouts(experts));
+}
+
 /**
  * The smallest budget that holds `inUse` experts pinned at once (for a decode step: the k experts of
  * one layer), given the slot size (an expert's bytes padded as slotLayout() does).
@@ -144,13 +158,8 @@ export class HostCache {
     this.budgetBytes = opts.budgetBytes;
     this.backing = opts.backing ?? 'shared';
     this.expertCount = experts.expertCount;
-    this.layouts = [];
-    let slotBytes = 0;
-    for (let l = 0; l < experts.layers; l++) {
-      const layout = experts.hasExperts(l) ? slotLayout(experts.expertRange(l, 0)) : undefined;
-      this.layouts.push(layout);
-      if (layout) slotBytes = Math.max(slotBytes, layout.slotBytes);
-    }
+    this.layouts = layerLayouts(experts);
+    const slotBytes = largestSlot(this.layouts);
     if (slotBytes === 0) throw new RangeError('no layer has experts');
     this.slotBytes = slotBytes;
     const inUse = Math.max(1, opts.expertsInUse ?? 1);

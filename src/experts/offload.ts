@@ -3,7 +3,7 @@
 import { PositionedFile } from '../native/io.js';
 import { UsageError } from '../model/errors.js';
 import { ExpertDispatcher, type ExpertJob, type ExpertRunner, type ServeHook } from './dispatcher.js';
-import { HostCache, minimumBudget, slotLayout } from './host-cache.js';
+import { HostCache, minimumBudget, slotBytesOf } from './host-cache.js';
 import type { ExpertLocator } from './locator.js';
 import { ExpertPool } from './pool.js';
 import { ExpertReader } from './reader.js';
@@ -46,13 +46,6 @@ export function resolveRamCache(ramCache: number | string | undefined, locator: 
   return Math.min(bytes, all); // more than everything buys nothing
 }
 
-/** Slot size HostCache will use for this model (the largest padded expert), without allocating anything. */
-export function slotBytesOf(locator: ExpertLocator): number {
-  let max = 0;
-  for (let l = 0; l < locator.layers; l++) if (locator.hasExperts(l)) max = Math.max(max, slotLayout(locator.expertRange(l, 0)).slotBytes);
-  return max;
-}
-
 export class ExpertOffload implements ExpertRunner {
   readonly cache: HostCache;
   readonly pool: ExpertPool;
@@ -66,8 +59,8 @@ export class ExpertOffload implements ExpertRunner {
     const slotBytes = slotBytesOf(locator);
     this.budgetBytes = resolveRamCache(opts.ramCache, locator, slotBytes);
     const k = Math.max(1, locator.expertUsedCount);
-    if (this.budgetBytes < minimumBudget(slotBytes, k) && opts.ramCache === undefined) {
-      const min = minimumBudget(slotBytes, k);
+    const min = minimumBudget(slotBytes, k);
+    if (this.budgetBytes < min && opts.ramCache === undefined) {
       throw new UsageError(`not enough free memory for the RAM expert cache: about ${formatBytes(this.budgetBytes)} is available, one layer's ${k} experts need ${formatBytes(min)}`,
         `free some memory or give --ram-cache ${min} (it may swap)`);
     }

@@ -21,7 +21,7 @@ import { basename } from 'node:path';
 import { GGUFFile, getString, requireString } from '../model/gguf.js';
 import { resolveArchitecture } from '../model/arch/index.js';
 import { ExpertLocator, type TensorSource } from '../experts/locator.js';
-import { slotBytesOf } from '../experts/offload.js';
+import { slotBytesOf } from '../experts/host-cache.js';
 import { TraceWriter, type TraceHeader, type TraceTokenRecord } from './format.js';
 import type { Tier } from './import.js';
 
