@@ -14,8 +14,6 @@ export type QKNorm = 'none' | 'per-head' | 'whole';
 export interface Architecture {
   /** general.architecture value and metadata key prefix. */
   readonly name: string;
-  /** Human name for messages and help. */
-  readonly description: string;
   /** 'normal' rotates adjacent pairs (x[2i], x[2i+1]); 'neox' rotates (x[i], x[i + n_rot/2]). */
   readonly rope: RopeStyle;
   readonly qkNorm: QKNorm;
@@ -29,18 +27,14 @@ export interface Architecture {
   readonly expertFfnKey: 'expert_feed_forward_length' | 'feed_forward_length';
 }
 
-export const ARCHITECTURES: readonly Architecture[] = [llama, qwen2moe, qwen3moe, olmoe];
-
-export function supportedArchitectureNames(): string[] {
-  return ARCHITECTURES.map((a) => a.name);
-}
+const ARCHITECTURES: readonly Architecture[] = [llama, qwen2moe, qwen3moe, olmoe];
 
 /** The architecture table for a general.architecture value, or an UnsupportedError listing the known ones. */
 export function resolveArchitecture(name: string): Architecture {
   const arch = ARCHITECTURES.find((a) => a.name === name);
   if (!arch) {
     throw new UnsupportedError(`unsupported architecture '${name}'`,
-      `supported architectures: ${supportedArchitectureNames().join(', ')}`);
+      `supported architectures: ${ARCHITECTURES.map((a) => a.name).join(', ')}`);
   }
   return arch;
 }

@@ -4,7 +4,6 @@ import type { Architecture } from './index.js';
 
 export const llama: Architecture = {
   name: 'llama',
-  description: 'llama with experts (Mixtral)',
   rope: 'normal',
   qkNorm: 'none',
   qkvBias: false,

@@ -4,7 +4,6 @@ import type { Architecture } from './index.js';
 
 export const olmoe: Architecture = {
   name: 'olmoe',
-  description: 'OLMoE',
   rope: 'neox',
   qkNorm: 'whole',
   qkvBias: false,

@@ -4,7 +4,6 @@ import type { Architecture } from './index.js';
 
 export const qwen2moe: Architecture = {
   name: 'qwen2moe',
-  description: 'Qwen2-MoE (Qwen1.5-MoE)',
   rope: 'neox',
   qkNorm: 'none',
   qkvBias: true,

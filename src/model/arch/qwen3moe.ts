@@ -4,7 +4,6 @@ import type { Architecture } from './index.js';
 
 export const qwen3moe: Architecture = {
   name: 'qwen3moe',
-  description: 'Qwen3-MoE',
   rope: 'neox',
   qkNorm: 'per-head',
   qkvBias: false,
