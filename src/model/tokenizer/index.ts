@@ -48,6 +48,7 @@ const SPM_SPACE = '\u2581';
 const WORD_CACHE_LIMIT = 100_000;
 const EMPTY = new Uint8Array(0);
 const utf8 = new TextEncoder();
+const utf8Decoder = new TextDecoder();
 
 export class GGUFTokenizer implements Tokenizer {
   readonly kind: 'gpt2' | 'llama';
@@ -85,8 +86,9 @@ export class GGUFTokenizer implements Tokenizer {
     const addSpecial = options.addSpecial ?? true;
     const out: number[] = [];
     if (addSpecial && this.addBos) out.push(this.bos!);
-    if (this.kind === 'gpt2') this.encodeBpe(this.fragments(text, options.parseSpecial ?? true), out);
-    else this.encodeSpm(this.fragments(text, options.parseSpecial ?? true), out);
+    const fragments = this.fragments(text, options.parseSpecial ?? true);
+    if (this.kind === 'gpt2') this.encodeBpe(fragments, out);
+    else this.encodeSpm(fragments, out);
     if (addSpecial && this.addEos) out.push(this.eos!);
     return out;
   }
@@ -163,7 +165,7 @@ export class GGUFTokenizer implements Tokenizer {
   piece(id: number, special = false): string {
     const t = this.tokenType(id);
     if (special && (t === TokenType.CONTROL || t === TokenType.UNKNOWN)) return this.vocab.tokens[id]!;
-    return new TextDecoder().decode(this.pieceBytes(id));
+    return utf8Decoder.decode(this.pieceBytes(id));
   }
 
   /**
@@ -186,7 +188,7 @@ export class GGUFTokenizer implements Tokenizer {
     const all = new Uint8Array(total);
     let at = 0;
     for (const p of parts) { all.set(p, at); at += p.length; }
-    return new TextDecoder().decode(all);
+    return utf8Decoder.decode(all);
   }
 
   createDecoder(): StreamDecoder {
