@@ -12,7 +12,7 @@ import { causalAttention } from './attention.js';
 import { KVCache } from './kv-cache.js';
 import { moeForward, type ExpertWeights, type SharedExpert } from './moe-layer.js';
 import { rmsNorm } from './norm.js';
-import { applyRope, type RopeParams } from './rope.js';
+import { applyRope, ropeAngles, type RopeAngles, type RopeParams } from './rope.js';
 import { readVector, readWeight, Weight } from './weights.js';
 
 export interface LoadOptions {
@@ -327,10 +327,11 @@ class ModelSequence implements Sequence {
 
     // With offloading, workers read the normed states from shared memory without a copy.
     const xn = new Float32Array(this.m.offload ? new SharedArrayBuffer(n * E * 4) : new ArrayBuffer(n * E * 4));
+    const angles = Array.from({ length: n }, (_, t) => ropeAngles(this.n + t, this.rope.nRot, this.rope.base));
     for (let l = 0; l < hp.nLayer; l++) {
       const w = this.m.layers[l]!;
       rmsNorm(x, n, E, hp.eps, w.attnNorm, xn);
-      const attn = this.attention(l, w, xn, n);
+      const attn = this.attention(l, w, xn, n, angles);
       const o = w.output.matmul(attn, n, threads);
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]!;
 
@@ -350,8 +351,11 @@ class ModelSequence implements Sequence {
     return logits;
   }
 
-  /** q/k/v projections, q/k norms, rope, KV cache append, causal attention: n rows of nHead*headDim. */
-  private attention(l: number, w: LayerWeights, xn: Float32Array, n: number): Float32Array {
+  /**
+   * q/k/v projections, q/k norms, rope, KV cache append, causal attention: n rows of nHead*headDim.
+   * angles[t]: the rope angles of token t's position (the same in every layer, so computed once per eval).
+   */
+  private attention(l: number, w: LayerWeights, xn: Float32Array, n: number, angles: readonly RopeAngles[]): Float32Array {
     const { hp, threads, architecture } = this.m;
     const q = w.q.matmul(xn, n, threads);
     const k = w.k.matmul(xn, n, threads);
@@ -369,8 +373,8 @@ class ModelSequence implements Sequence {
       rmsNorm(k, n, kvDim, hp.eps, w.kNorm);
     }
     for (let t = 0; t < n; t++) {
-      applyRope(q, t * qDim, hp.nHead, this.n + t, this.rope);
-      applyRope(k, t * kvDim, hp.nHeadKv, this.n + t, this.rope);
+      applyRope(q, t * qDim, hp.nHead, this.n + t, this.rope, angles[t]);
+      applyRope(k, t * kvDim, hp.nHeadKv, this.n + t, this.rope, angles[t]);
     }
     this.cache.write(l, this.n, n, k, v);
     const shape = { nHead: hp.nHead, nHeadKv: hp.nHeadKv, headDim: hp.headDim };

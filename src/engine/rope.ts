@@ -24,12 +24,16 @@ export function ropeAngles(pos: number, nRot: number, base: number): { cos: Floa
   return { cos, sin };
 }
 
+export type RopeAngles = ReturnType<typeof ropeAngles>;
+
 /**
  * Rotates, in place, `nHeads` heads of one token stored contiguously from `offset` in `x`
- * ([head][headDim]), for position `pos`.
+ * ([head][headDim]), for position `pos`. `angles` may be passed in when the caller already has them
+ * for `pos` (q and k of one token share them).
  */
-export function applyRope(x: Float32Array, offset: number, nHeads: number, pos: number, p: RopeParams): void {
-  const { cos, sin } = ropeAngles(pos, p.nRot, p.base);
+export function applyRope(x: Float32Array, offset: number, nHeads: number, pos: number, p: RopeParams,
+  angles: RopeAngles = ropeAngles(pos, p.nRot, p.base)): void {
+  const { cos, sin } = angles;
   const half = p.nRot / 2;
   for (let h = 0; h < nHeads; h++) {
     const base = offset + h * p.headDim;
