@@ -287,17 +287,17 @@ function openError(path: string, err: unknown): FileAccessError {
 }
 
 export class GGUFFile implements MetadataSource {
-  readonly path: string = '';
-  readonly version: number = 0;
-  readonly alignment: number = 32;
+  readonly path: string;
+  readonly version: number;
+  readonly alignment: number;
   /** Absolute offset of the tensor data section. */
-  readonly dataOffset: number = 0;
-  readonly fileSize: number = 0;
-  readonly metadata = new Map<string, GGUFMetadataEntry>();
+  readonly dataOffset: number;
+  readonly fileSize: number;
+  readonly metadata: Map<string, GGUFMetadataEntry>;
   /** In file order. */
-  readonly tensors = new Map<string, GGUFTensorInfo>();
+  readonly tensors: Map<string, GGUFTensorInfo>;
   /** Bytes open() read to parse the header (header reads are windowed; tensor data is not read). */
-  readonly headerBytesRead: number = 0;
+  readonly headerBytesRead: number;
   private fd: number;
 
   private constructor(path: string, fd: number, fileSize: number, h: ParsedHeader) {
@@ -391,11 +391,15 @@ function wrongType(key: string, want: string, v: GGUFValue): ModelError {
   return new ModelError(`metadata key ${key} should be ${want}, found ${describe(v)}`, 'the model file is inconsistent; convert it again');
 }
 
-/** The value of `key`, or a ModelError 'missing required key'. */
-export function requireKey(src: MetadataSource, key: string): GGUFValue {
-  const v = src.get(key);
+/** `v` (the value read for `key`) unless it is absent: then a ModelError 'missing required key'. */
+function present<T>(key: string, v: T | undefined): T {
   if (v === undefined) throw missing(key);
   return v;
+}
+
+/** The value of `key`, or a ModelError 'missing required key'. */
+export function requireKey(src: MetadataSource, key: string): GGUFValue {
+  return present(key, src.get(key));
 }
 
 /** A numeric key (any integer or float type; bigint converted when safe), or undefined when absent. */
@@ -408,9 +412,7 @@ export function getNumber(src: MetadataSource, key: string): number | undefined 
 }
 
 export function requireNumber(src: MetadataSource, key: string): number {
-  const n = getNumber(src, key);
-  if (n === undefined) throw missing(key);
-  return n;
+  return present(key, getNumber(src, key));
 }
 
 /** A non-negative integer key (counts, lengths, ids), or undefined when absent. */
@@ -422,9 +424,7 @@ export function getU32(src: MetadataSource, key: string): number | undefined {
 }
 
 export function requireU32(src: MetadataSource, key: string): number {
-  const n = getU32(src, key);
-  if (n === undefined) throw missing(key);
-  return n;
+  return present(key, getU32(src, key));
 }
 
 export function getString(src: MetadataSource, key: string): string | undefined {
@@ -435,9 +435,7 @@ export function getString(src: MetadataSource, key: string): string | undefined 
 }
 
 export function requireString(src: MetadataSource, key: string): string {
-  const s = getString(src, key);
-  if (s === undefined) throw missing(key);
-  return s;
+  return present(key, getString(src, key));
 }
 
 export function getBool(src: MetadataSource, key: string): boolean | undefined {
@@ -455,9 +453,7 @@ export function getArray(src: MetadataSource, key: string): GGUFValue[] | undefi
 }
 
 export function requireArray(src: MetadataSource, key: string): GGUFValue[] {
-  const a = getArray(src, key);
-  if (a === undefined) throw missing(key);
-  return a;
+  return present(key, getArray(src, key));
 }
 
 /** A MetadataSource over a plain object or map (tests, the fixture generator). */
