@@ -3,10 +3,8 @@
 import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { bytesFor, typeInfo, typeName, type GGMLType } from './ggml-types.js';
-import { GGUFValueType, type GGUFValue } from './gguf.js';
+import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_SCALAR_SIZE, GGUFValueType, type GGUFValue } from './gguf.js';
 
-export const GGUF_MAGIC = Uint8Array.of(0x47, 0x47, 0x55, 0x46); // 'GGUF'
-export const GGUF_DEFAULT_ALIGNMENT = 32;
 
 interface KeyValue {
   type: GGUFValueType;
@@ -21,12 +19,6 @@ interface PendingTensor {
   type: GGMLType;
   data: Uint8Array;
 }
-
-const SCALAR_SIZE: Partial<Record<GGUFValueType, number>> = {
-  [GGUFValueType.UINT8]: 1, [GGUFValueType.INT8]: 1, [GGUFValueType.UINT16]: 2, [GGUFValueType.INT16]: 2,
-  [GGUFValueType.UINT32]: 4, [GGUFValueType.INT32]: 4, [GGUFValueType.FLOAT32]: 4, [GGUFValueType.BOOL]: 1,
-  [GGUFValueType.UINT64]: 8, [GGUFValueType.INT64]: 8, [GGUFValueType.FLOAT64]: 8,
-};
 
 const INT_RANGE: Partial<Record<GGUFValueType, [number, number]>> = {
   [GGUFValueType.UINT8]: [0, 0xff], [GGUFValueType.INT8]: [-0x80, 0x7f],
@@ -67,7 +59,7 @@ class ByteSink {
         throw new RangeError(`GGUF key ${key}: ${String(v)} does not fit ${GGUFValueType[type]}`);
       }
     }
-    const size = SCALAR_SIZE[type];
+    const size = GGUF_SCALAR_SIZE[type];
     const at = size === undefined ? 0 : this.reserve(size);
     const view = this.view;
     switch (type) {
@@ -152,7 +144,7 @@ export class GGUFWriter {
     if (type === GGUFValueType.ARRAY && arrayType === undefined) {
       throw new TypeError(`GGUF key ${key}: an array needs its element type`);
     }
-    if (SCALAR_SIZE[type] === undefined && type !== GGUFValueType.STRING && type !== GGUFValueType.ARRAY) {
+    if (GGUF_SCALAR_SIZE[type] === undefined && type !== GGUFValueType.STRING && type !== GGUFValueType.ARRAY) {
       throw new TypeError(`GGUF key ${key}: unknown value type ${String(type)}`);
     }
     // Encode once now so a bad value fails at the call that supplied it, not at toBuffer().
@@ -208,7 +200,7 @@ export class GGUFWriter {
       kv.set('general.alignment', { type: GGUFValueType.UINT32, value: alignment });
     }
     const out = new ByteSink();
-    out.bytes(GGUF_MAGIC);
+    out.u32(GGUF_MAGIC);
     out.u32(this.version);
     out.u64(this.tensors.length);
     out.u64(kv.size);

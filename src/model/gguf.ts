@@ -36,15 +36,17 @@ export interface GGUFTensorInfo {
   elements: number;
 }
 
-const MAGIC = 0x46554747; // 'GGUF' read as a little-endian u32
-const DEFAULT_ALIGNMENT = 32;
+/** 'GGUF' read as a little-endian u32. */
+export const GGUF_MAGIC = 0x46554747;
+export const GGUF_DEFAULT_ALIGNMENT = 32;
 const MAX_DIMS = 4; // GGML_MAX_DIMS
 const MAX_NESTING = 64;
 const WINDOW = 1 << 20;
 const NOT_GGUF_HINT = 'check that --model points to a .gguf model file';
 const TRUNCATED_HINT = 'the file is probably truncated (an incomplete download?); download or convert it again';
 
-const SCALAR_SIZE: Partial<Record<number, number>> = {
+/** Bytes of each fixed-size value type (the writer shares it). */
+export const GGUF_SCALAR_SIZE: Partial<Record<number, number>> = {
   [GGUFValueType.UINT8]: 1, [GGUFValueType.INT8]: 1, [GGUFValueType.UINT16]: 2, [GGUFValueType.INT16]: 2,
   [GGUFValueType.UINT32]: 4, [GGUFValueType.INT32]: 4, [GGUFValueType.FLOAT32]: 4, [GGUFValueType.BOOL]: 1,
   [GGUFValueType.UINT64]: 8, [GGUFValueType.INT64]: 8, [GGUFValueType.FLOAT64]: 8,
@@ -54,7 +56,7 @@ const SCALAR_SIZE: Partial<Record<number, number>> = {
 function minValueSize(type: GGUFValueType): number {
   if (type === GGUFValueType.STRING) return 8;
   if (type === GGUFValueType.ARRAY) return 12;
-  return SCALAR_SIZE[type]!;
+  return GGUF_SCALAR_SIZE[type]!;
 }
 
 /** Sequential little-endian reads through a window of positioned reads; throws on reads past EOF. */
@@ -186,7 +188,7 @@ function parseHeader(fd: number, fileSize: number, path: string): ParsedHeader {
   }
   const c = new HeaderCursor(fd, fileSize, path);
   const magic = c.u32();
-  if (magic !== MAGIC) {
+  if (magic !== GGUF_MAGIC) {
     const bytes = [0, 8, 16, 24].map((s) => (magic >>> s) & 0xff);
     const hex = bytes.map((b) => b.toString(16).padStart(2, '0')).join(' ');
     const text = bytes.map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
@@ -218,7 +220,7 @@ function parseHeader(fd: number, fileSize: number, path: string): ParsedHeader {
     }
   }
 
-  let alignment = DEFAULT_ALIGNMENT;
+  let alignment = GGUF_DEFAULT_ALIGNMENT;
   const alignEntry = metadata.get('general.alignment');
   if (alignEntry) {
     const a = alignEntry.value;
