@@ -80,6 +80,12 @@ export function registerReportCommand(program: Command): void {
     .option('--json', 'print the report as JSON')
     .option('--html <file>', 'also write a self-contained HTML page with plots')
     .option('--progress', 'show a progress bar while reading even when stderr is not a terminal')
+    .addHelpText('after', `
+Examples:
+  $ moe-offload generate --model olmoe-1b-7b-q4_k_m.gguf --prompt "Hello" --trace run.trace.jsonl.gz
+  $ moe-offload report --trace run.trace.jsonl.gz
+  $ moe-offload report --trace run.trace.jsonl.gz --segments 8,32 --cache-sizes 8,16,32 --json
+  $ moe-offload report --trace routing.jsonl --experts 64 --expert-bytes 3MiB --html report.html`)
     .action(runCommand(async (opts: ReportOptions) => {
       const segments = parseIntList(opts.segments, '--segments');
       const cacheSizes = opts.cacheSizes !== undefined ? parseIntList(opts.cacheSizes, '--cache-sizes') : undefined;

@@ -33,6 +33,11 @@ export function registerSimulateCommand(program: Command): void {
     .option('--expert-bytes <size>', 'bytes of one expert (default: the trace header); needed for --ram-cache')
     .option('--json', 'print the result as JSON')
     .option('--progress', 'show a progress bar while reading even when stderr is not a terminal')
+    .addHelpText('after', `
+Examples:
+  $ moe-offload simulate --trace run.trace.jsonl.gz --ram-cache 4GiB
+  $ moe-offload simulate --trace run.trace.jsonl.gz --ram-cache 25% --policy belady --json
+  $ moe-offload simulate --trace routing.jsonl --cache-experts 16 --policy lfu`)
     .action(runCommand(async (opts: SimulateOptions) => {
       const policy = opts.policy.toLowerCase() as CachePolicy;
       if (!CACHE_POLICIES.includes(policy)) throw new UsageError(`unknown --policy '${opts.policy}'`, `give one of ${CACHE_POLICIES.join(', ')}`);
