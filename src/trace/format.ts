@@ -224,61 +224,47 @@ function checkHeader(h: TraceHeader, where: string): void {
   }
 }
 
-const TRUNCATED: unique symbol = Symbol('truncated');
-
-/** A line's JSON value, or TRUNCATED for an unparsable last line (a trace cut off mid-write). */
-function parseLineJson(text: string, last: boolean, where: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    if (last) return TRUNCATED;
-    throw new UsageError(`${where}: not a JSON object`, 'each line of a trace is one JSON object');
-  }
-}
-
 /**
  * Opens a trace in our format or in the plain import layout (detected from the first line). Token lines
  * are checked as they are read; a bad line throws UsageError naming the file and line.
  */
 export async function openTrace(path: string, onProgress?: ReadProgress): Promise<OpenedTrace> {
   const lines = readLines(path, onProgress);
+  let truncated = false;
+  let current = 0;
+  // Every non-empty line's JSON value; an unparsable last line is a trace cut off mid-write and ends it.
+  async function* values(): AsyncGenerator<{ obj: unknown; line: number }> {
+    for await (const { text, line, last } of lines) {
+      if (text.trim() === '') continue;
+      let obj: unknown;
+      try {
+        obj = JSON.parse(text);
+      } catch {
+        if (last) {
+          truncated = true;
+          return;
+        }
+        throw new UsageError(`${path}:${line}: not a JSON object`, 'each line of a trace is one JSON object');
+      }
+      yield { obj, line };
+    }
+  }
+  const it = values();
+  // The first line tells the layouts apart: our header, or already a token line.
   let header: TraceHeader | null = null;
   let pending: TraceTokenRecord | null = null;
-  let truncated = false;
-  let done = false;
-  let current = 0;
-  // Find the first non-empty line to tell the layouts apart.
-  for (;;) {
-    const r = await lines.next();
-    if (r.done) {
-      done = true;
-      break;
-    }
-    const { text, line, last } = r.value;
-    if (text.trim() === '') continue;
-    const obj = parseLineJson(text, last, `${path}:${line}`);
-    if (obj === TRUNCATED) {
-      truncated = true;
-      done = true;
-      break;
-    }
+  const first = await it.next();
+  if (!first.done) {
+    const { obj, line } = first.value;
     if (isHeader(obj)) {
       checkHeader(obj, `${path}:${line}`);
       header = obj;
     } else pending = parseTraceTokenLine(obj, `${path}:${line}`);
     current = line;
-    break;
   }
   async function* records(): AsyncGenerator<TraceTokenRecord> {
     if (pending) yield pending;
-    if (done) return;
-    for await (const { text, line, last } of lines) {
-      if (text.trim() === '') continue;
-      const obj = parseLineJson(text, last, `${path}:${line}`);
-      if (obj === TRUNCATED) {
-        truncated = true;
-        return;
-      }
+    for await (const { obj, line } of it) {
       const rec = parseTraceTokenLine(obj, `${path}:${line}`);
       if (header && rec.experts.length !== header.layers) {
         throw new UsageError(`${path}:${line}: token has ${rec.experts.length} layers, the header says ${header.layers}`, 'the trace is damaged; re-record it');
