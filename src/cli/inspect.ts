@@ -5,6 +5,7 @@ import { runCommand } from './run-command.js';
 import { GGUFFile, getArray, getNumber, getString, type GGUFValue } from '../model/gguf.js';
 import { typeName } from '../model/ggml-types.js';
 import { formatBytes } from '../model/bytes.js';
+import { EXPERT_TENSOR } from '../experts/locator.js';
 
 interface InspectOptions {
   model: string;
@@ -38,8 +39,6 @@ export interface ModelSummary {
   oneExpertBytesMax: number | null;
 }
 
-const EXPERT_TENSOR = /^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$/;
-
 function plain(v: GGUFValue): number | string | boolean | undefined {
   if (typeof v === 'bigint') return v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= -BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
   if (Array.isArray(v)) return undefined;
@@ -64,17 +63,14 @@ export function summarize(f: GGUFFile): ModelSummary {
   const tensorTypes: Record<string, number> = {};
   let expertTensorBytes = 0;
   let otherTensorBytes = 0;
+  // One expert's share of each stacked tensor: the tensor's bytes over the number of experts in it.
+  const expertCount = num('expert_count') ?? null;
+  const perLayer = new Map<number, number>();
   for (const t of f.tensors.values()) {
     const tn = typeName(t.type);
     tensorTypes[tn] = (tensorTypes[tn] ?? 0) + 1;
     if (t.name.includes('_exps')) expertTensorBytes += t.byteLength;
     else otherTensorBytes += t.byteLength;
-  }
-
-  // One expert's share of each stacked tensor: the tensor's bytes over the number of experts in it.
-  const expertCount = num('expert_count') ?? null;
-  const perLayer = new Map<number, number>();
-  for (const t of f.tensors.values()) {
     const m = EXPERT_TENSOR.exec(t.name);
     if (!m) continue;
     const experts = expertCount ?? t.dims[t.dims.length - 1]!;
