@@ -5,7 +5,10 @@ import { route, type Route } from './router.js';
 import type { Weight } from './weights.js';
 import type { ExpertMatrix } from '../experts/locator.js';
 import type { ExpertRunner } from '../experts/dispatcher.js';
-import { expertFfnBytes } from '../experts/ffn.js';
+import { expertFfnBytes as expertFfn } from '../experts/ffn.js';
+
+/** down · (silu(gate · x) * (up · x)) for nTokens rows of x: the one definition, which the offloading workers run too. */
+export { expertFfn };
 
 /** Where expert matrices come from. May read them from disk on demand, hence possibly async. */
 export interface ExpertWeights {
@@ -39,11 +42,6 @@ export interface MoeLayerParams {
   onRoute?: (layer: number, position: number, experts: number[], weights: number[]) => void;
   /** Absolute position of the first token of the batch. */
   start: number;
-}
-
-/** down · (silu(gate · x) * (up · x)) for nTokens rows of x (the same code the offloading workers run). */
-export function expertFfn(gate: Weight, up: Weight, down: Weight, x: Float32Array, nTokens: number, threads: number): Float32Array {
-  return expertFfnBytes(gate, up, down, x, nTokens, threads);
 }
 
 /** x: nTokens rows of nEmbd (the ffn-normed hidden state). Returns the layer's FFN output, same shape. */
