@@ -10,9 +10,11 @@ const program = new Command();
 program
   .name('moe-offload')
   .description('Run Mixture-of-Experts models bigger than fast memory, from GGUF files.')
-  .showHelpAfterError()
-  // Usage mistakes (unknown option, missing required option) exit 2 like every other bad input;
-  // --help and --version still exit 0.
+  // Usage mistakes (unknown option, missing required option) end like every other bad input: one line
+  // with a hint, exit 2; --help and --version still exit 0.
+  .configureOutput({
+    outputError: (text, write) => write(`moe-offload: ${text.replace(/^error: /, '').trim()}; run with --help for usage and examples\n`),
+  })
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
 
 registerGenerateCommand(program);
