@@ -1,15 +1,7 @@
-// Seeded pseudo-random numbers (mulberry32) so benchmark weights and test inputs are reproducible.
+// Seeded pseudo-random numbers (the project's mulberry32) so benchmark weights and test inputs are reproducible.
+import { mulberry32 } from '../src/engine/prng.js';
 
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const seededRandom = mulberry32;
 
 /** `count` values uniform in [-1, 1). */
 export function randomFloats(count: number, seed: number): Float32Array {

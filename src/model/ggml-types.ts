@@ -81,13 +81,6 @@ export const GGML_TYPE_INFO: Readonly<Record<number, GGMLTypeInfo>> = {
   [GGMLType.MXFP4]: { name: 'mxfp4', blockSize: 32, typeSize: 17 },
 };
 
-/** Types the engine can compute with (reference dequantize + native kernels). */
-export const COMPUTE_TYPES: readonly GGMLType[] = [
-  GGMLType.F32, GGMLType.F16, GGMLType.BF16,
-  GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1,
-  GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
-];
-
 export function typeInfo(type: number): GGMLTypeInfo | undefined {
   return GGML_TYPE_INFO[type];
 }
