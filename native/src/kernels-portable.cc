@@ -112,43 +112,17 @@ float dotQ5(const uint8_t* w, const Act& a, int t) {
 }
 
 // K-quants: per super-block an exact integer sum, then d * y.d * sumi - dmin * y.d * (mins . bsums).
-float dotQ4_K(const uint8_t* w, const Act& a, int t) {
+// Q4_K and Q5_K share the layout but for Q5_K's 32 bytes of fifth bits (qh) before the nibbles.
+template <bool FIFTH_BIT>
+float dotQ4Q5_K(const uint8_t* w, const Act& a, int t) {
+  constexpr int kBlockBytes = FIFTH_BIT ? 176 : 144;
   const int nb = a.blocks;
   float sum = 0;
   for (int b = 0; b < nb; b++) {
-    const uint8_t* blk = w + 144 * b;
-    const uint8_t* scales = blk + 4;
-    const uint8_t* q = blk + 16;
-    const size_t ab = (size_t)t * nb + b;
-    const int8_t* y = a.qs + ab * 256;
-    const int16_t* bs = a.bsums + ab * 16;
-    int sumi = 0, summ = 0;
-    for (int j = 0; j < 4; j++, q += 32, y += 64) {
-      int sc1, m1, sc2, m2;
-      kScaleMin(2 * j, scales, &sc1, &m1);
-      kScaleMin(2 * j + 1, scales, &sc2, &m2);
-      int s1 = 0, s2 = 0;
-      for (int l = 0; l < 32; l++) {
-        s1 += (q[l] & 0xF) * y[l];
-        s2 += (q[l] >> 4) * y[l + 32];
-      }
-      sumi += sc1 * s1 + sc2 * s2;
-      summ += m1 * (bs[4 * j] + bs[4 * j + 1]) + m2 * (bs[4 * j + 2] + bs[4 * j + 3]);
-    }
-    const float yd = a.d[ab];
-    sum += (readF16(blk) * yd) * (float)sumi - (readF16(blk + 2) * yd) * (float)summ;
-  }
-  return sum;
-}
-
-float dotQ5_K(const uint8_t* w, const Act& a, int t) {
-  const int nb = a.blocks;
-  float sum = 0;
-  for (int b = 0; b < nb; b++) {
-    const uint8_t* blk = w + 176 * b;
+    const uint8_t* blk = w + kBlockBytes * b;
     const uint8_t* scales = blk + 4;
     const uint8_t* qh = blk + 16;
-    const uint8_t* q = blk + 48;
+    const uint8_t* q = blk + (FIFTH_BIT ? 48 : 16);
     const size_t ab = (size_t)t * nb + b;
     const int8_t* y = a.qs + ab * 256;
     const int16_t* bs = a.bsums + ab * 16;
@@ -159,8 +133,10 @@ float dotQ5_K(const uint8_t* w, const Act& a, int t) {
       kScaleMin(2 * j + 1, scales, &sc2, &m2);
       int s1 = 0, s2 = 0;
       for (int l = 0; l < 32; l++) {
-        s1 += ((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) * y[l];
-        s2 += ((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) * y[l + 32];
+        const int hi1 = FIFTH_BIT ? ((qh[l] >> (2 * j)) & 1) << 4 : 0;
+        const int hi2 = FIFTH_BIT ? ((qh[l] >> (2 * j + 1)) & 1) << 4 : 0;
+        s1 += ((q[l] & 0xF) | hi1) * y[l];
+        s2 += ((q[l] >> 4) | hi2) * y[l + 32];
       }
       sumi += sc1 * s1 + sc2 * s2;
       summ += m1 * (bs[4 * j] + bs[4 * j + 1]) + m2 * (bs[4 * j + 2] + bs[4 * j + 3]);
@@ -277,8 +253,8 @@ RowsKernel portableKernel(int type) {
     case T_Q5_1: return rows<dotQ5<true>>;
     case T_Q2_K: return rows<dotQ2_K>;
     case T_Q3_K: return rows<dotQ3_K>;
-    case T_Q4_K: return rows<dotQ4_K>;
-    case T_Q5_K: return rows<dotQ5_K>;
+    case T_Q4_K: return rows<dotQ4Q5_K<false>>;
+    case T_Q5_K: return rows<dotQ4Q5_K<true>>;
     case T_Q6_K: return rows<dotQ6_K>;
     default: return nullptr;
   }
