@@ -1,7 +1,7 @@
 // The offload bench: decode tokens/s of an OLMoE-shaped q4_0 model (bench/offload-model.ts) with the RAM
 // expert cache at 100%, 50% and 25% of the expert bytes, next to a lower bound from numbers measured in
-// the same run: max(bytes read per token / read bandwidth, bytes computed per token / (expert-FFN GB/s
-// x threads)). Misses are read with O_DIRECT (generate --direct-io) so they cost a disk read, not a
+// the same run: max(bytes read per token / read bandwidth, bytes computed per token / expert-FFN GB/s of
+// all the threads computing at once). Misses are read with O_DIRECT (generate --direct-io) so they cost a disk read, not a
 // page-cache copy, whatever the page cache holds; page-cache rows show the warm-file case.
 import { existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
@@ -9,6 +9,7 @@ import { loadModel, type ExpertStatsSnapshot } from '../src/engine/model.js';
 import { Sampler } from '../src/engine/sampler.js';
 import { expertFfnBytes } from '../src/experts/ffn.js';
 import { EXPERT_MATRICES, ExpertLocator, type ExpertRange } from '../src/experts/locator.js';
+import { ExpertPool, type BatchExpert, type MatrixInSlab } from '../src/experts/pool.js';
 import { GGUFFile } from '../src/model/gguf.js';
 import { PositionedFile } from '../src/native/io.js';
 import { mulberry32 } from '../src/engine/prng.js';
@@ -84,7 +85,10 @@ export interface OffloadBenchResult {
   sequentialColdRead: ReadBandwidth | null;
   directRead: ReadBandwidth;
   pageCacheRead: ReadBandwidth;
+  /** One thread alone. */
   expertFfnGbps: Summary;
+  /** All `threads` threads at once, together (the compute bound's rate). */
+  expertFfnAllThreadsGbps: Summary;
   rows: DecodeRow[];
   /** 1-minute load average before and after (the machine may be shared). */
   loadAverage: { before: number; after: number };
@@ -190,6 +194,54 @@ async function expertFfnThroughput(path: string, locator: ExpertLocator, count: 
   return summarize(seconds.map((s) => bytes / s / 1e9));
 }
 
+/**
+ * `threads` threads at once, one token: the same expert FFN computed by the pool's workers (each over its
+ * own share of the experts, weights in shared slabs), GB/s of expert bytes for all threads together. This
+ * is what the machine gives when every thread computes: two threads share one memory bus, so it is less
+ * than `threads` x the one-thread figure, and it is the honest compute bound for a decode on `threads`.
+ */
+async function expertFfnThroughputAllThreads(path: string, locator: ExpertLocator, count: number, threads: number, quick: boolean): Promise<Summary> {
+  const file = new PositionedFile(path);
+  const slabs: SharedArrayBuffer[] = [];
+  const experts: BatchExpert[] = [];
+  let bytes = 0;
+  try {
+    for (const range of randomExperts(locator, count, 7)) {
+      const size = EXPERT_MATRICES.reduce((n, m) => n + range[m].byteLength, 0);
+      const slab = new SharedArrayBuffer(size);
+      let offset = 0;
+      const inSlab = (m: (typeof EXPERT_MATRICES)[number]): MatrixInSlab => {
+        const r = range[m];
+        const at = offset;
+        offset += r.byteLength;
+        return { offset: at, byteLength: r.byteLength, type: r.type, rows: r.rows, cols: r.cols };
+      };
+      const [gate, up, down] = [inSlab('gate'), inSlab('up'), inSlab('down')];
+      await Promise.all([gate, up, down].map((m, i) => file.readInto(range[EXPERT_MATRICES[i]!].offset, new Uint8Array(slab, m.offset, m.byteLength))));
+      experts.push({ slab: slabs.push(slab) - 1, gate, up, down, rowStart: experts.length, nTokens: 1 });
+      bytes += size;
+    }
+  } finally {
+    file.close();
+  }
+  const nEmbd = experts[0]!.gate.cols;
+  const x = new Float32Array(new SharedArrayBuffer(nEmbd * 4));
+  x.set(randomFloats(nEmbd, 3));
+  const rows = new Int32Array(new SharedArrayBuffer(experts.length * 4)); // every expert reads token row 0
+  const out = new Float32Array(new SharedArrayBuffer(experts.length * experts[0]!.down.rows * 4));
+  // Thread i takes every threads-th expert: equal shares, and each thread streams its own weights.
+  const shares = Array.from({ length: threads }, (_, i) => experts.filter((_, j) => j % threads === i));
+  const pool = new ExpertPool({ threads });
+  try {
+    const seconds = await timePasses(async () => {
+      await Promise.all(shares.map((share) => pool.runBatch({ slabs, experts: share, x, rows, out })));
+    }, quick ? { warmup: 1, reps: 3, minSeconds: 0 } : { warmup: 2, reps: 8, minSeconds: 1 });
+    return summarize(seconds.map((s) => bytes / s / 1e9));
+  } finally {
+    await pool.close();
+  }
+}
+
 /** Bytes of the resident matrices a decode token multiplies: attention q/k/v/output, routers, output (token_embd: one row). */
 function residentBytesPerToken(file: GGUFFile): number {
   let n = 0;
@@ -285,6 +337,8 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
   };
   progress(`expert FFN throughput: 1 thread, 1 token, ${s.kernelExperts} experts in rotation`);
   const expertFfnGbps = await expertFfnThroughput(model.path, locator, s.kernelExperts, s.quick);
+  progress(`expert FFN throughput: ${s.threads} threads at once, 1 token, ${s.kernelExperts} experts in rotation`);
+  const expertFfnAllThreadsGbps = await expertFfnThroughputAllThreads(model.path, locator, s.kernelExperts, s.threads, s.quick);
 
   const computedTotal = computedExperts + resident;
   const rows: DecodeRow[] = [];
@@ -297,7 +351,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     const r = await decodeRun(model.path, percent, io, s);
     const bw = (io === 'direct' ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
     const readBoundMs = r.bytesReadPerToken / (bw * 1e9) * 1000;
-    const computeBoundMs = computedTotal / (expertFfnGbps.median * 1e9 * s.threads) * 1000;
+    const computeBoundMs = computedTotal / (expertFfnAllThreadsGbps.median * 1e9) * 1000;
     const boundMs = Math.max(readBoundMs, computeBoundMs);
     rows.push({ ...r, readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs });
   }
@@ -306,7 +360,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     threads: s.threads, expertBytes,
     computedBytesPerToken: { experts: computedExperts, resident, total: computedTotal },
     pageCacheDrop: dropError === null ? 'dropped (echo 1 > /proc/sys/vm/drop_caches)' : `not permitted: ${dropError}`,
-    sequentialColdRead, directRead, pageCacheRead, expertFfnGbps, rows, loadAverage: { before: loadBefore, after: loadavg()[0]! },
+    sequentialColdRead, directRead, pageCacheRead, expertFfnGbps, expertFfnAllThreadsGbps, rows, loadAverage: { before: loadBefore, after: loadavg()[0]! },
     seconds: (performance.now() - start) / 1000,
   };
 }
@@ -323,9 +377,10 @@ export function offloadTable(r: OffloadBenchResult): string {
     ...(r.sequentialColdRead ? [`sequential cold read: ${bwLine(r.sequentialColdRead)} (${r.sequentialColdRead.what})`] : []),
     `disk read:        ${bwLine(r.directRead)} (${r.directRead.what})`,
     `page-cache read:  ${bwLine(r.pageCacheRead)} (${r.pageCacheRead.what})`,
-    `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] per thread (gate+up+down matmuls, 1 token, experts from RAM)`,
+    `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] one thread alone (gate+up+down matmuls, 1 token, experts from RAM)`,
+    `                  ${f(r.expertFfnAllThreadsGbps.median)} GB/s [${f(r.expertFfnAllThreadsGbps.min)}..${f(r.expertFfnAllThreadsGbps.max)}] ${r.threads} threads at once, together (${f(r.expertFfnAllThreadsGbps.median / r.expertFfnGbps.median)}x one thread: they share the memory bus)`,
     `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output)`,
-    'bound = max(read MB/token / read GB/s, computed MB/token / (expert FFN GB/s x threads)); ratio = median ms/token / bound',
+    'bound = max(read MB/token / read GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
     '',
   ];
   const header = ['RAM cache', 'misses via', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
