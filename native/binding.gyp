@@ -8,7 +8,8 @@
         "src/kernels-portable.cc",
         "src/kernels-avx2.cc",
         "src/kernels-avx512.cc",
-        "src/io.cc"
+        "src/io.cc",
+        "src/attention.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "attention.h"
 #include "kernels.h"
 #include "quantize-act.h"
 
@@ -177,6 +178,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setKernelPath", Napi::Function::New(env, SetKernelPath));
   exports.Set("sumBytes", Napi::Function::New(env, SumBytes));
   RegisterIo(env, exports);
+  RegisterAttention(env, exports, useAvx2);
   return exports;
 }
 

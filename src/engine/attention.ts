@@ -1,4 +1,5 @@
 // Causal multi-head attention with grouped-query heads over the KV cache.
+import { causalAttention as nativeCausalAttention } from '../native/index.js';
 
 export interface AttentionShape {
   nHead: number;
@@ -13,6 +14,13 @@ export interface AttentionShape {
  * Scores are scaled by 1/sqrt(headDim) and softmaxed in double. Writes nTokens rows of nHead*headDim to out.
  */
 export function causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
+  nTokens: number, s: AttentionShape, out: Float32Array): Float32Array {
+  nativeCausalAttention(q, keys, values, start, nTokens, s.nHead, s.nHeadKv, s.headDim, out);
+  return out;
+}
+
+/** The same computation in plain TypeScript (the reference the native kernel is tested against). */
+export function causalAttentionReference(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
   nTokens: number, s: AttentionShape, out: Float32Array): Float32Array {
   const { nHead, nHeadKv, headDim } = s;
   const group = nHead / nHeadKv;

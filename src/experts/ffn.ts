@@ -1,7 +1,7 @@
 // One expert's feed-forward block on raw weight bytes: down · (silu(gate · x) * (up · x)). The single
 // definition of that arithmetic, used by the engine's resident path and by the pool's workers, so an
 // expert computed in a worker gives bit-identical results to one computed on the main thread.
-import { matmul } from '../native/index.js';
+import { matmul, swiglu } from '../native/index.js';
 import type { GGMLType } from '../model/ggml-types.js';
 
 /** A matrix as stored in the file: `rows` rows of `cols` values of `type`, rows contiguous in `data`. */
@@ -12,6 +12,7 @@ export interface MatrixBytes {
   readonly data: Uint8Array;
 }
 
+/** silu in f64: the plain reference for the native swiglu that expertFfnInto uses. */
 export function silu(z: number): number {
   return z / (1 + Math.exp(-z));
 }
@@ -33,6 +34,6 @@ export function expertFfnInto(gate: MatrixBytes, up: MatrixBytes, down: MatrixBy
   const n = nTokens * gate.rows;
   matmul(gate.type, gate.data, gate.rows, gate.cols, x, nTokens, g, threads);
   matmul(up.type, up.data, up.rows, up.cols, x, nTokens, u, threads);
-  for (let i = 0; i < n; i++) g[i] = silu(g[i]!) * u[i]!;
+  swiglu(g, u, n); // g = silu(g) * u
   matmul(down.type, down.data, down.rows, down.cols, g, nTokens, y, threads);
 }

@@ -12,6 +12,10 @@ export interface Addon {
   cpuFeatures(): CpuFeatures & { kernelPath: KernelPath };
   setKernelPath(path: 'auto' | 'avx2' | 'portable'): void;
   sumBytes(buf: Uint8Array): number;
+  // attention.cc
+  causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number, nTokens: number,
+    nHead: number, nHeadKv: number, headDim: number, out: Float32Array): void;
+  swiglu(g: Float32Array, u: Float32Array, n: number): void;
   // io.cc (wrapped by src/native/io.ts)
   openFile(path: string, direct: boolean): number;
   closeFile(fd: number): void;
@@ -70,3 +74,19 @@ export function setKernelPath(path: 'auto' | 'avx2' | 'portable'): void { native
 
 /** Reads every byte of `buf` once (a memory read-bandwidth probe for the benchmark); returns their sum. */
 export function sumBytes(buf: Uint8Array): number { return native().sumBytes(buf); }
+
+/**
+ * Causal grouped-query attention, as documented on src/engine/attention.ts's causalAttentionReference
+ * (q: nTokens rows of nHead*headDim at positions start..; keys/values [pos][nHeadKv][headDim]), computed in
+ * double and rounded to f32 into out. Throws TypeError/RangeError on bad arguments or sizes.
+ */
+export function causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
+  nTokens: number, nHead: number, nHeadKv: number, headDim: number, out: Float32Array): void {
+  native().causalAttention(q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out);
+}
+
+/**
+ * g[i] = silu(g[i]) * u[i] for i < n, in place (silu(z) = z / (1 + exp(-z))). The AVX2 path is f32 with a
+ * vectorized exp (within a few f32 ulp of the f64 formula); the portable path is the f64 formula.
+ */
+export function swiglu(g: Float32Array, u: Float32Array, n: number): void { native().swiglu(g, u, n); }

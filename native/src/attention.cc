@@ -1,0 +1,339 @@
+// Causal grouped-query attention over the KV cache, and SwiGLU (g = silu(g) * u), for the decode path.
+// Attention works in double like the TypeScript reference (src/engine/attention.ts): the dot products,
+// softmax and weighted sums are f64 (AVX2 does 4 lanes at a time), only the result is rounded to f32.
+// SwiGLU's AVX2 path is f32 with a vectorized exp accurate to a few ulp; the portable one is scalar f64.
+#include "attention.h"
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define AVX2_FN __attribute__((target("avx2,fma")))
+#endif
+
+namespace moe {
+namespace {
+
+struct AttnArgs {
+  const float* q;
+  const float* keys;
+  const float* values;
+  float* out;
+  int start, nTokens, nHead, nHeadKv, headDim;
+};
+
+// Per-thread scratch reused across calls: scores/weights for one (token, head) and the query in f64.
+struct AttnScratch {
+  std::vector<double> scores;
+  std::vector<double> qd;
+  std::vector<double> acc;
+};
+
+AttnScratch& scratch(size_t positions, size_t headDim) {
+  thread_local AttnScratch s;
+  if (s.scores.size() < positions) s.scores.resize(positions);
+  if (s.qd.size() < headDim) s.qd.resize(headDim);
+  if (s.acc.size() < headDim) s.acc.resize(headDim);
+  return s;
+}
+
+// scores[0..n) -> softmax weights in place (max-subtracted exp, then divided by the sum), as the reference.
+void softmaxInPlace(double* scores, int n) {
+  double max = -INFINITY;
+  for (int p = 0; p < n; p++) if (scores[p] > max) max = scores[p];
+  double sum = 0;
+  for (int p = 0; p < n; p++) {
+    const double e = std::exp(scores[p] - max);
+    scores[p] = e;
+    sum += e;
+  }
+  for (int p = 0; p < n; p++) scores[p] = scores[p] / sum;
+}
+
+void attentionPortable(const AttnArgs& a) {
+  const int group = a.nHead / a.nHeadKv, d = a.headDim;
+  const size_t qRow = (size_t)a.nHead * d, kvRow = (size_t)a.nHeadKv * d;
+  const double scale = 1 / std::sqrt((double)d);
+  AttnScratch& s = scratch((size_t)a.start + a.nTokens, d);
+  double* scores = s.scores.data();
+  double* acc = s.acc.data();
+  for (int t = 0; t < a.nTokens; t++) {
+    const int n = a.start + t + 1;
+    for (int h = 0; h < a.nHead; h++) {
+      const float* q = a.q + t * qRow + (size_t)h * d;
+      const size_t kvOff = (size_t)(h / group) * d;
+      for (int p = 0; p < n; p++) {
+        const float* k = a.keys + p * kvRow + kvOff;
+        double dot = 0;
+        for (int i = 0; i < d; i++) dot += (double)q[i] * (double)k[i];
+        scores[p] = dot * scale;
+      }
+      softmaxInPlace(scores, n);
+      for (int i = 0; i < d; i++) acc[i] = 0;
+      for (int p = 0; p < n; p++) {
+        const float* v = a.values + p * kvRow + kvOff;
+        const double w = scores[p];
+        for (int i = 0; i < d; i++) acc[i] += w * (double)v[i];
+      }
+      float* o = a.out + t * qRow + (size_t)h * d;
+      for (int i = 0; i < d; i++) o[i] = (float)acc[i];
+    }
+  }
+}
+
+void swigluPortable(float* g, const float* u, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const double z = g[i];
+    g[i] = (float)(z / (1 + std::exp(-z)) * (double)u[i]);
+  }
+}
+
+#if defined(__x86_64__)
+
+AVX2_FN inline double hsum(__m256d v) {
+  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+// sum_i qd[i] * k[i] in f64 (k widened from f32).
+AVX2_FN inline double dotF64(const double* qd, const float* k, int d) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  int i = 0;
+  for (; i + 8 <= d; i += 8) {
+    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i), _mm256_cvtps_pd(_mm_loadu_ps(k + i)), a0);
+    a1 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i + 4), _mm256_cvtps_pd(_mm_loadu_ps(k + i + 4)), a1);
+  }
+  if (i + 4 <= d) {
+    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i), _mm256_cvtps_pd(_mm_loadu_ps(k + i)), a0);
+    i += 4;
+  }
+  double dot = hsum(_mm256_add_pd(a0, a1));
+  for (; i < d; i++) dot += qd[i] * (double)k[i];
+  return dot;
+}
+
+AVX2_FN void attentionAvx2(const AttnArgs& a) {
+  const int group = a.nHead / a.nHeadKv, d = a.headDim;
+  const size_t qRow = (size_t)a.nHead * d, kvRow = (size_t)a.nHeadKv * d;
+  const double scale = 1 / std::sqrt((double)d);
+  AttnScratch& s = scratch((size_t)a.start + a.nTokens, d);
+  double* scores = s.scores.data();
+  double* qd = s.qd.data();
+  for (int t = 0; t < a.nTokens; t++) {
+    const int n = a.start + t + 1;
+    for (int h = 0; h < a.nHead; h++) {
+      const float* q = a.q + t * qRow + (size_t)h * d;
+      for (int i = 0; i < d; i++) qd[i] = q[i];
+      const float* keys = a.keys + (size_t)(h / group) * d;
+      const float* values = a.values + (size_t)(h / group) * d;
+      for (int p = 0; p < n; p++) scores[p] = dotF64(qd, keys + p * kvRow, d) * scale;
+      softmaxInPlace(scores, n);
+      // Weighted sum of value rows, 16 output values at a time held in registers across all positions.
+      float* o = a.out + t * qRow + (size_t)h * d;
+      int i0 = 0;
+      for (; i0 + 16 <= d; i0 += 16) {
+        __m256d c0 = _mm256_setzero_pd(), c1 = c0, c2 = c0, c3 = c0;
+        const float* v = values + i0;
+        for (int p = 0; p < n; p++, v += kvRow) {
+          const __m256d w = _mm256_broadcast_sd(scores + p);
+          c0 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v)), c0);
+          c1 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + 4)), c1);
+          c2 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + 8)), c2);
+          c3 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + 12)), c3);
+        }
+        _mm_storeu_ps(o + i0, _mm256_cvtpd_ps(c0));
+        _mm_storeu_ps(o + i0 + 4, _mm256_cvtpd_ps(c1));
+        _mm_storeu_ps(o + i0 + 8, _mm256_cvtpd_ps(c2));
+        _mm_storeu_ps(o + i0 + 12, _mm256_cvtpd_ps(c3));
+      }
+      for (; i0 + 4 <= d; i0 += 4) {
+        __m256d c = _mm256_setzero_pd();
+        const float* v = values + i0;
+        for (int p = 0; p < n; p++, v += kvRow) {
+          c = _mm256_fmadd_pd(_mm256_broadcast_sd(scores + p), _mm256_cvtps_pd(_mm_loadu_ps(v)), c);
+        }
+        _mm_storeu_ps(o + i0, _mm256_cvtpd_ps(c));
+      }
+      for (; i0 < d; i0++) {
+        double c = 0;
+        const float* v = values + i0;
+        for (int p = 0; p < n; p++, v += kvRow) c += scores[p] * (double)*v;
+        o[i0] = (float)c;
+      }
+    }
+  }
+}
+
+// exp(x) for x <= 0 in f32, 8 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact
+// n ln2), exp(r) by the Cephes expf polynomial, times 2^n built in the exponent bits. Below -87.3 (where
+// 2^n would leave the normal range) the result is 0 instead of a subnormal.
+AVX2_FN inline __m256 expNonPositive(__m256 x) {
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ), e);
+}
+
+// silu(z) * u = z * sigmoid(z) * u with t = exp(-|z|) in (0, 1], so nothing overflows:
+// sigmoid(z) = 1 / (1 + t) for z >= 0 and t / (1 + t) for z < 0.
+AVX2_FN inline __m256 swiglu8(__m256 z, __m256 u) {
+  const __m256 absZ = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z);
+  const __m256 t = expNonPositive(_mm256_sub_ps(_mm256_setzero_ps(), absZ));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 num = _mm256_blendv_ps(one, t, _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ));
+  return _mm256_mul_ps(_mm256_mul_ps(z, _mm256_div_ps(num, _mm256_add_ps(one, t))), u);
+}
+
+AVX2_FN void swigluAvx2(float* g, const float* u, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, swiglu8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+  if (i < n) {  // the tail through masked loads, so every element gets the same arithmetic
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i)), lane);
+    const __m256 r = swiglu8(_mm256_maskload_ps(g + i, mask), _mm256_maskload_ps(u + i, mask));
+    _mm256_maskstore_ps(g + i, mask, r);
+  }
+}
+
+#endif  // __x86_64__
+
+bool (*avx2Chosen)() = nullptr;
+
+bool avx2() {
+#if defined(__x86_64__)
+  return avx2Chosen && avx2Chosen();
+#else
+  return false;
+#endif
+}
+
+Napi::Value throwType(Napi::Env env, const std::string& msg) {
+  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+Napi::Value throwRange(Napi::Env env, const std::string& msg) {
+  Napi::RangeError::New(env, msg).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+// A Float32Array (on ArrayBuffer or SharedArrayBuffer): its data (byteOffset included) and length.
+bool floatArray(napi_env env, napi_value v, float** data, size_t* length) {
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
+  napi_typedarray_type type;
+  size_t byteOffset = 0;
+  void* p = nullptr;
+  napi_value buffer;
+  if (napi_get_typedarray_info(env, v, &type, length, &p, &buffer, &byteOffset) != napi_ok) return false;
+  if (type != napi_float32_array) return false;
+  *data = (float*)p;
+  return true;
+}
+
+bool intArg(const Napi::Value& v, int64_t lo, int64_t hi, int64_t* out) {
+  if (!v.IsNumber()) return false;
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return false;
+  *out = (int64_t)d;
+  return true;
+}
+
+std::string str(uint64_t v) { return std::to_string(v); }
+
+// causalAttention(q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out)
+Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "causalAttention: expected (q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out)";
+  if (info.Length() < 9) return throwType(env, usage);
+  AttnArgs a{};
+  size_t qLen, kLen, vLen, outLen;
+  float* q;
+  float* k;
+  float* v;
+  if (!floatArray(env, info[0], &q, &qLen)) return throwType(env, "causalAttention: q must be a Float32Array");
+  if (!floatArray(env, info[1], &k, &kLen)) return throwType(env, "causalAttention: keys must be a Float32Array");
+  if (!floatArray(env, info[2], &v, &vLen)) return throwType(env, "causalAttention: values must be a Float32Array");
+  if (!floatArray(env, info[8], &a.out, &outLen)) return throwType(env, "causalAttention: out must be a Float32Array");
+  int64_t start, nTokens, nHead, nHeadKv, headDim;
+  const int64_t big = 1 << 24;  // each count far below where size products could overflow 64 bits
+  if (!intArg(info[3], 0, big, &start)) return throwRange(env, "causalAttention: start must be an integer from 0 to 2^24");
+  if (!intArg(info[4], 0, big, &nTokens)) return throwRange(env, "causalAttention: nTokens must be an integer from 0 to 2^24");
+  if (!intArg(info[5], 1, 1 << 16, &nHead)) return throwRange(env, "causalAttention: nHead must be an integer from 1 to 65536");
+  if (!intArg(info[6], 1, 1 << 16, &nHeadKv)) return throwRange(env, "causalAttention: nHeadKv must be an integer from 1 to 65536");
+  if (!intArg(info[7], 1, 1 << 16, &headDim)) return throwRange(env, "causalAttention: headDim must be an integer from 1 to 65536");
+  if (nHead % nHeadKv != 0) {
+    return throwRange(env, "causalAttention: nHead " + str(nHead) + " is not a multiple of nHeadKv " + str(nHeadKv));
+  }
+  if (start + nTokens > INT32_MAX / 2) return throwRange(env, "causalAttention: start + nTokens is too large");
+  const uint64_t qNeed = (uint64_t)nTokens * nHead * headDim;
+  const uint64_t kvNeed = (uint64_t)(start + nTokens) * nHeadKv * headDim;
+  if (qLen < qNeed) return throwRange(env, "causalAttention: q has " + str(qLen) + " values, need " + str(qNeed));
+  if (kLen < kvNeed) return throwRange(env, "causalAttention: keys has " + str(kLen) + " values, need " + str(kvNeed));
+  if (vLen < kvNeed) return throwRange(env, "causalAttention: values has " + str(vLen) + " values, need " + str(kvNeed));
+  if (outLen < qNeed) return throwRange(env, "causalAttention: out has " + str(outLen) + " values, need " + str(qNeed));
+  a.q = q;
+  a.keys = k;
+  a.values = v;
+  a.start = (int)start;
+  a.nTokens = (int)nTokens;
+  a.nHead = (int)nHead;
+  a.nHeadKv = (int)nHeadKv;
+  a.headDim = (int)headDim;
+  if (nTokens == 0) return env.Undefined();
+#if defined(__x86_64__)
+  if (avx2()) {
+    attentionAvx2(a);
+    return env.Undefined();
+  }
+#endif
+  attentionPortable(a);
+  return env.Undefined();
+}
+
+// swiglu(g, u, n): g[i] = silu(g[i]) * u[i] for i < n
+Napi::Value Swiglu(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3) return throwType(env, "swiglu: expected (g, u, n)");
+  float* g;
+  float* u;
+  size_t gLen, uLen;
+  if (!floatArray(env, info[0], &g, &gLen)) return throwType(env, "swiglu: g must be a Float32Array");
+  if (!floatArray(env, info[1], &u, &uLen)) return throwType(env, "swiglu: u must be a Float32Array");
+  int64_t n;
+  if (!intArg(info[2], 0, INT64_C(1) << 40, &n)) return throwRange(env, "swiglu: n must be a non-negative integer");
+  if (gLen < (uint64_t)n) return throwRange(env, "swiglu: g has " + str(gLen) + " values, need " + str(n));
+  if (uLen < (uint64_t)n) return throwRange(env, "swiglu: u has " + str(uLen) + " values, need " + str(n));
+#if defined(__x86_64__)
+  if (avx2()) {
+    swigluAvx2(g, u, (size_t)n);
+    return env.Undefined();
+  }
+#endif
+  swigluPortable(g, u, (size_t)n);
+  return env.Undefined();
+}
+
+}  // namespace
+
+void RegisterAttention(Napi::Env env, Napi::Object exports, bool (*useAvx2)()) {
+  avx2Chosen = useAvx2;
+  exports.Set("causalAttention", Napi::Function::New(env, CausalAttention));
+  exports.Set("swiglu", Napi::Function::New(env, Swiglu));
+}
+
+}  // namespace moe

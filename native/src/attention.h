@@ -1,0 +1,11 @@
+// Decode-path elementwise kernels outside matmul: causal attention over the KV cache and SwiGLU.
+#pragma once
+#include <napi.h>
+
+namespace moe {
+
+// Registers causalAttention and swiglu on exports. useAvx2 is addon.cc's kernel-path choice (so
+// setKernelPath('portable') forces the plain C++ paths here too).
+void RegisterAttention(Napi::Env env, Napi::Object exports, bool (*useAvx2)());
+
+}  // namespace moe

@@ -1,0 +1,188 @@
+// The native causal attention and SwiGLU (native/src/attention.cc) against their plain TypeScript
+// references (causalAttentionReference, silu), on both kernel paths, plus argument checking.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { causalAttention, causalAttentionReference, type AttentionShape } from '../src/engine/attention.js';
+import { silu } from '../src/experts/ffn.js';
+import { native, setKernelPath, swiglu, cpuFeatures } from '../src/native/index.js';
+import { mulberry32 } from '../src/engine/prng.js';
+
+function randomFloats(count: number, seed: number, scale = 1): Float32Array {
+  const next = mulberry32(seed);
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i++) out[i] = (next() * 2 - 1) * scale;
+  return out;
+}
+
+const paths: ('auto' | 'portable')[] = cpuFeatures().avx2 ? ['auto', 'portable'] : ['portable'];
+
+function eachPath(body: () => void): void {
+  try {
+    for (const p of paths) {
+      setKernelPath(p);
+      body();
+    }
+  } finally {
+    setKernelPath('auto');
+  }
+}
+
+// Attention tolerance: both the native paths and the reference compute dot products, softmax and the
+// weighted sums in f64 and differ only in summation order and FMA rounding (~1e-15 relative to the
+// sums), so after rounding to f32 they may differ by one f32 ulp where the f64 value sits next to a
+// rounding boundary: 2^-23 relative, doubled for margin; the absolute term covers results that cancel to ~0.
+const ATTN_REL = 2 ** -22;
+const ATTN_ABS = 1e-12;
+
+function assertAttentionClose(actual: Float32Array, expected: Float32Array, what: string): void {
+  assert.equal(actual.length, expected.length);
+  for (let i = 0; i < expected.length; i++) {
+    const a = actual[i]!, e = expected[i]!;
+    assert.ok(Number.isFinite(a), `${what} [${i}] not finite: ${a}`);
+    assert.ok(Math.abs(a - e) <= ATTN_REL * Math.abs(e) + ATTN_ABS, `${what} [${i}] ${a} vs ${e}`);
+  }
+}
+
+const shapes: { name: string; shape: AttentionShape }[] = [
+  { name: 'MHA 16x128', shape: { nHead: 16, nHeadKv: 16, headDim: 128 } },
+  { name: 'GQA group 2, 64', shape: { nHead: 8, nHeadKv: 4, headDim: 64 } },
+  { name: 'GQA group 4, 128', shape: { nHead: 8, nHeadKv: 2, headDim: 128 } },
+  { name: 'GQA group 2, odd 40', shape: { nHead: 4, nHeadKv: 2, headDim: 40 } },
+  { name: 'GQA group 4, odd 72', shape: { nHead: 4, nHeadKv: 1, headDim: 72 } },
+  { name: 'tiny headDim 7', shape: { nHead: 3, nHeadKv: 1, headDim: 7 } },
+];
+
+test('native causal attention matches the f64 reference (GQA groups 1/2/4, head dims 7..128, start 0 and >0, 1 and 37 tokens)', () => {
+  let seed = 1;
+  for (const { name, shape } of shapes) {
+    for (const [start, nTokens] of [[0, 1], [0, 37], [5, 1], [23, 37], [150, 1]] as const) {
+      const { nHead, nHeadKv, headDim } = shape;
+      const positions = start + nTokens;
+      // q scaled up so that some softmaxes are peaked and some flat.
+      const q = randomFloats(nTokens * nHead * headDim, seed++, 4);
+      const keys = randomFloats(positions * nHeadKv * headDim, seed++);
+      const values = randomFloats(positions * nHeadKv * headDim, seed++);
+      const expected = causalAttentionReference(q, keys, values, start, nTokens, shape, new Float32Array(q.length));
+      eachPath(() => {
+        const out = causalAttention(q, keys, values, start, nTokens, shape, new Float32Array(q.length));
+        assertAttentionClose(out, expected, `${name} start ${start} n ${nTokens}`);
+      });
+    }
+  }
+});
+
+test('native causal attention over a long context (1000 positions) matches the reference', () => {
+  const shape = { nHead: 8, nHeadKv: 4, headDim: 128 };
+  const start = 999, nTokens = 1;
+  const q = randomFloats(shape.nHead * shape.headDim, 101, 6);
+  const keys = randomFloats(1000 * shape.nHeadKv * shape.headDim, 102);
+  const values = randomFloats(1000 * shape.nHeadKv * shape.headDim, 103);
+  const expected = causalAttentionReference(q, keys, values, start, nTokens, shape, new Float32Array(q.length));
+  eachPath(() => {
+    assertAttentionClose(causalAttention(q, keys, values, start, nTokens, shape, new Float32Array(q.length)), expected, 'long');
+  });
+});
+
+test('native causal attention honours typed-array offsets and shared memory, and writes only its rows', () => {
+  const shape = { nHead: 4, nHeadKv: 2, headDim: 40 };
+  const qPlain = randomFloats(3 * 160, 7);
+  const kPlain = randomFloats(9 * 80, 8);
+  const vPlain = randomFloats(9 * 80, 9);
+  const expected = causalAttentionReference(qPlain, kPlain, vPlain, 6, 3, shape, new Float32Array(480));
+  // Views at non-zero offsets into bigger (shared) buffers.
+  const shared = (a: Float32Array) => {
+    const buf = new Float32Array(new SharedArrayBuffer((a.length + 10) * 4));
+    const view = buf.subarray(5, 5 + a.length);
+    view.set(a);
+    return view;
+  };
+  const outBig = new Float32Array(480 + 20).fill(42);
+  const out = outBig.subarray(10, 490);
+  eachPath(() => {
+    outBig.fill(42);
+    causalAttention(shared(qPlain), shared(kPlain), shared(vPlain), 6, 3, shape, out);
+    assertAttentionClose(out, expected, 'offsets');
+    for (const i of [0, 9, 490, 499]) assert.equal(outBig[i], 42, `out[${i}] outside the result was written`);
+  });
+});
+
+// SwiGLU tolerance: the AVX2 path works in f32 (an exp within ~2 ulp, then 1 + t, a division and two
+// products, each one rounding) so it may be a few f32 ulp (2^-23 ~ 1.2e-7 each) from the f64 formula:
+// 1e-6 relative allows ~8. It flushes exp(-|z|) below ~1e-38 to 0, so for z < -87 the result is 0 where
+// the f64 value is below |z| * 1e-38 * |u|: the absolute term covers that.
+const SWIGLU_REL = 1e-6;
+const SWIGLU_ABS = 1e-33;
+
+test('native swiglu matches silu(g) * u in f64, large |z| and zeros included, and leaves values past n alone', () => {
+  const specials = [0, -0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 1, -1, 5, -5, 20, -20, 40, -40, 80, -80,
+    87, -87, 88, -88, 90, -90, 100, -100, 1e4, -1e4, 3e38, -3e38];
+  const random = randomFloats(1000, 55, 30);
+  const gIn = new Float32Array([...specials, ...random]);
+  const n = gIn.length; // 1030: not a multiple of 8, so the vector tail is exercised
+  const uIn = randomFloats(n, 56, 3);
+  uIn[0] = 0; // 0 * 0
+  uIn[20] = -1e4; // silu(20) * -1e4
+  uIn[28] = 0.5; // 3e38 * 0.5 stays finite in f32
+  const expected = Array.from(gIn, (z, i) => silu(z) * uIn[i]!);
+  eachPath(() => {
+    const g = new Float32Array(n + 5).fill(7);
+    g.set(gIn);
+    const u = new Float32Array(n + 5).fill(9);
+    u.set(uIn);
+    swiglu(g, u, n);
+    for (let i = 0; i < n; i++) {
+      const a = g[i]!, e = expected[i]!;
+      const ok = Number.isFinite(e) ? Math.abs(a - e) <= SWIGLU_REL * Math.abs(e) + SWIGLU_ABS : a === e;
+      assert.ok(ok, `swiglu z=${gIn[i]} u=${uIn[i]}: ${a} vs ${e}`);
+    }
+    for (let i = n; i < n + 5; i++) assert.equal(g[i], 7, 'g past n was written');
+    assert.deepEqual(u.subarray(0, n), uIn, 'u was modified');
+  });
+  // Exact values the formula must give: silu(0) = 0, silu(-1e4) * u = -0 * u.
+  const g = new Float32Array([0, -1e4, 1e4]);
+  swiglu(g, new Float32Array([5, 2, 1]), 3);
+  assert.equal(g[0], 0);
+  assert.ok(g[1] === 0);
+  assert.equal(g[2], 1e4);
+});
+
+test('native swiglu works on any length, 0 included', () => {
+  for (const n of [0, 1, 7, 8, 9, 17]) {
+    eachPath(() => {
+      const g = randomFloats(n, n + 1, 10);
+      const u = randomFloats(n, n + 2);
+      const expected = Array.from(g, (z, i) => silu(z) * u[i]!);
+      swiglu(g, u, n);
+      for (let i = 0; i < n; i++) assert.ok(Math.abs(g[i]! - expected[i]!) <= SWIGLU_REL * Math.abs(expected[i]!) + SWIGLU_ABS);
+    });
+  }
+});
+
+test('native causalAttention and swiglu reject bad arguments with TypeError/RangeError naming the problem', () => {
+  const a = native();
+  const f = (n: number) => new Float32Array(n);
+  // 2 tokens, start 1, 4 heads over 2 kv heads of 8: q/out 64, keys/values 3 * 16 = 48.
+  const ok = () => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, 8, f(64));
+  ok();
+  assert.throws(() => (a.causalAttention as (...x: unknown[]) => void)(f(64), f(48)), TypeError);
+  assert.throws(() => a.causalAttention(new Float64Array(64) as unknown as Float32Array, f(48), f(48), 1, 2, 4, 2, 8, f(64)), { name: 'TypeError', message: /q must be a Float32Array/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, 8, [] as unknown as Float32Array), { name: 'TypeError', message: /out must be/ });
+  assert.throws(() => a.causalAttention(f(63), f(48), f(48), 1, 2, 4, 2, 8, f(64)), { name: 'RangeError', message: /q has 63 values, need 64/ });
+  assert.throws(() => a.causalAttention(f(64), f(47), f(48), 1, 2, 4, 2, 8, f(64)), { name: 'RangeError', message: /keys has 47 values, need 48/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(40), 1, 2, 4, 2, 8, f(64)), { name: 'RangeError', message: /values has 40/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, 8, f(60)), { name: 'RangeError', message: /out has 60/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 3, 8, f(64)), { name: 'RangeError', message: /nHead 4 is not a multiple of nHeadKv 3/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), -1, 2, 4, 2, 8, f(64)), { name: 'RangeError', message: /start/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1.5, 2, 4, 2, 8, f(64)), { name: 'RangeError', message: /start/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 0, 2, 8, f(64)), { name: 'RangeError', message: /nHead must/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, 0, f(64)), { name: 'RangeError', message: /headDim/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, '8' as unknown as number, f(64)), { name: 'RangeError', message: /headDim/ });
+
+  a.swiglu(f(4), f(4), 4);
+  assert.throws(() => (a.swiglu as (...x: unknown[]) => void)(f(4), f(4)), TypeError);
+  assert.throws(() => a.swiglu(f(4), new Int32Array(4) as unknown as Float32Array, 4), { name: 'TypeError', message: /u must be a Float32Array/ });
+  assert.throws(() => a.swiglu(f(3), f(4), 4), { name: 'RangeError', message: /g has 3 values, need 4/ });
+  assert.throws(() => a.swiglu(f(4), f(2), 4), { name: 'RangeError', message: /u has 2 values/ });
+  assert.throws(() => a.swiglu(f(4), f(4), -1), { name: 'RangeError', message: /n must be/ });
+  assert.throws(() => a.swiglu(f(4), f(4), NaN), { name: 'RangeError', message: /n must be/ });
+});
