@@ -5,6 +5,10 @@
 #include <cmath>
 #include "fp16.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace moe {
 
 bool typeGeometry(int type, TypeGeometry* g) {
@@ -52,6 +56,50 @@ static void quantizeQ8Block32(const float* x, int8_t* q, float* d, float* s) {
   *d = fp16ToFloat(floatToFp16(dd));
   if (s) *s = fp16ToFloat(floatToFp16((float)sum * dd));
 }
+
+#if defined(__x86_64__)
+// quantizeQ8Block32 on 8 lanes, the same operations in the same order so the same bits: max of |x|, the
+// scalar scale, x * id, truncation and the half-away-from-zero fix-up on the exact fraction. No "fma" in
+// the target, so x * id cannot be contracted into the fraction's subtraction. Also returns sum(q).
+__attribute__((target("avx2"))) static int quantizeQ8Block32Avx2(const float* x, int8_t* q, float* d) {
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 v[4];
+  for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
+  __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absMask), _mm256_and_ps(v[1], absMask)),
+                           _mm256_max_ps(_mm256_and_ps(v[2], absMask), _mm256_and_ps(v[3], absMask)));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float dd = amax / 127.0f;
+  const __m256 id = _mm256_set1_ps(dd != 0.0f ? 1.0f / dd : 0.0f);
+  const __m256 half = _mm256_set1_ps(0.5f), minusHalf = _mm256_set1_ps(-0.5f);
+  __m256i qi[4];
+  for (int k = 0; k < 4; k++) {
+    const __m256 s = _mm256_mul_ps(v[k], id);
+    const __m256i i = _mm256_cvttps_epi32(s);
+    const __m256 frac = _mm256_sub_ps(s, _mm256_cvtepi32_ps(i));
+    // Comparison masks are -1 where true: subtracting the >= 0.5 mask adds one, adding the <= -0.5 one subtracts.
+    const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(frac, half, _CMP_GE_OQ));
+    const __m256i down = _mm256_castps_si256(_mm256_cmp_ps(frac, minusHalf, _CMP_LE_OQ));
+    qi[k] = _mm256_add_epi32(_mm256_sub_epi32(i, up), down);
+  }
+  __m256i sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+  // packs work per 128-bit lane: the result holds 4-value runs in the order 0,2,4,6,1,3,5,7; undo that.
+  const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+  _mm256_storeu_si256((__m256i*)q, _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  *d = fp16ToFloat(floatToFp16(dd));
+  return _mm_cvtsi128_si32(s4);
+}
+
+static bool quantizeAvx2Usable() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+#endif
 
 // ggml's nearest_int: round half to even through the float mantissa (valid for |v| < 2^22).
 static inline int nearestInt(float v) {
@@ -106,13 +154,24 @@ ActBuffers::ActBuffers(ActKind kind, const float* x, int nTokens, int cols) {
       qs_.resize(n);
       d_.resize(blocks);
       if (kind == ActKind::Q8_1) s_.resize(blocks);
-      for (size_t b = 0; b < blocks; b++) {
-        quantizeQ8Block32(x + 32 * b, qs_.data() + 32 * b, &d_[b], kind == ActKind::Q8_1 ? &s_[b] : nullptr);
-      }
       act_.blocks = cols / 32;
       act_.qs = qs_.data();
       act_.d = d_.data();
       act_.s = kind == ActKind::Q8_1 ? s_.data() : nullptr;
+#if defined(__x86_64__)
+      static const bool simd = quantizeAvx2Usable();
+      if (simd && kind == ActKind::Q8_0) {
+        q4Offset_.resize(blocks);
+        for (size_t b = 0; b < blocks; b++) {
+          q4Offset_[b] = -8 * quantizeQ8Block32Avx2(x + 32 * b, qs_.data() + 32 * b, &d_[b]);
+        }
+        act_.q4Offset = q4Offset_.data();
+        break;
+      }
+#endif
+      for (size_t b = 0; b < blocks; b++) {
+        quantizeQ8Block32(x + 32 * b, qs_.data() + 32 * b, &d_[b], kind == ActKind::Q8_1 ? &s_[b] : nullptr);
+      }
       if (kind == ActKind::Q8_0) {
         q4Offset_.resize(blocks);
         for (size_t b = 0; b < blocks; b++) {
