@@ -114,6 +114,47 @@ test('a model file truncated after loading gives a clear read error, not a hang,
   }
 });
 
+/**
+ * Makes the pool's next shared-batch tasks claim one expert and never compute it, as a worker that died
+ * holding a claim (its retry finding nothing left to claim) would: resolving, or rejecting with `error`.
+ */
+function stealOneClaim(off: ExpertOffload, times: number, error?: Error): () => number {
+  const pool = off.pool;
+  const real = pool.runBatch.bind(pool);
+  let stolen = 0;
+  pool.runBatch = (task, what) => {
+    if (task.claims && stolen < times && Atomics.add(task.claims, 0, 1) < task.experts.length) {
+      stolen++;
+      return error ? Promise.reject(error) : Promise.resolve({ computeMs: 0 });
+    }
+    return real(task, what);
+  };
+  return () => stolen;
+}
+
+test('an expert claimed by a worker that never computes it is computed by the dispatcher (same logits); a failure is thrown', async () => {
+  const path = join(FIXTURES, 'qwen2moe-q4_0.gguf');
+  const resident = await loadModel(path);
+  const want = await run(resident);
+  await resident.close();
+  const model = await loadModel(path, { offload: { ramCache: '100%', threads: 2 } });
+  try {
+    const off = offloadOf(model);
+    const stolen = stealOneClaim(off, 3);
+    const got = await run(model);
+    assert.equal(stolen(), 3);
+    got.forEach((g, i) => assert.deepEqual(g, want[i], `step ${i}`));
+    assert.equal(off.cache.pinnedCount, 0);
+    stealOneClaim(off, 1, new Error('worker gone'));
+    await assert.rejects(model.newSequence().eval(PROMPT), /worker gone/);
+    assert.equal(off.cache.pinnedCount, 0);
+    const again = await run(model);
+    again.forEach((g, i) => assert.deepEqual(g, want[i], `after failure, step ${i}`));
+  } finally {
+    await model.close();
+  }
+});
+
 test('a worker crash mid-task is retried (same logits); a task that fails twice is a MoeOffloadError', async () => {
   const path = join(FIXTURES, 'qwen2moe-q4_0.gguf');
   const resident = await loadModel(path);

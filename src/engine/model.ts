@@ -343,6 +343,7 @@ class ModelSequence implements Sequence {
       });
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + ffn[i]!;
     }
+    await this.m.offload?.settle();
     const rows = options.lastOnly ? 1 : n;
     const final = x.subarray((n - rows) * E);
     rmsNorm(final, rows, E, hp.eps, this.m.outputNorm, xn);

@@ -8,7 +8,7 @@ import { accessOrder } from './access-order.js';
 import type { HostCache, HostEntry } from './host-cache.js';
 import type { ExpertLocator, ExpertMatrix } from './locator.js';
 import type { BatchExpert, BatchResult, ExpertBatchTask, ExpertPool, MatrixInSlab } from './pool.js';
-import { computeBatch } from './worker.js';
+import { computeBatch, SharedClaims } from './worker.js';
 import type { ExpertReader } from './reader.js';
 import type { ExpertStats } from './stats.js';
 
@@ -66,13 +66,37 @@ class StallClock {
   computeEnd(): void { this.change(0, -1); }
 }
 
+/** How long the dispatcher's thread blocks waiting for workers to finish a shared batch before it goes back to the event loop. */
+const SHARED_WAIT_MS = 20;
+
+type Batch = { i: number; entry: HostEntry }[];
+
 export class ExpertDispatcher implements ExpertRunner {
   private readonly parts: DispatcherParts;
+  /** Worker tasks not yet settled (see settle()). */
+  private readonly outstanding = new Set<Promise<void>>();
+  private lateFailure: unknown;
   constructor(parts: DispatcherParts) {
     this.parts = parts;
   }
 
+  /**
+   * Waits for worker tasks still running after their layer completed, then throws a failure one of
+   * them had (the engine calls it at the end of each evaluation, so no error is lost).
+   */
+  async settle(): Promise<void> {
+    while (this.outstanding.size > 0) await Promise.all(this.outstanding);
+    this.throwLateFailure();
+  }
+
+  private throwLateFailure(): void {
+    const err = this.lateFailure;
+    this.lateFailure = undefined;
+    if (err !== undefined) throw err;
+  }
+
   async runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]> {
+    this.throwLateFailure();
     const { cache, reader, pool, locator, stats, onServe } = this.parts;
     const t0 = performance.now();
     const xs = onSharedMemory(x);
@@ -97,7 +121,7 @@ export class ExpertDispatcher implements ExpertRunner {
     // Experts whose weights are in RAM, pinned, waiting to be computed. They go out in one task per idle
     // worker, the ready ones split evenly over the idle compute threads: one message per worker per
     // layer when everything is resident, and each miss as soon as a thread is free.
-    const ready: { i: number; entry: HostEntry }[] = [];
+    const ready: Batch = [];
     let next = 0;
     let pinned = 0;
     let inFlight = 0;
@@ -161,7 +185,7 @@ export class ExpertDispatcher implements ExpertRunner {
       }
     };
 
-    const taskOf = (batch: { i: number; entry: HostEntry }[]): ExpertBatchTask => {
+    const taskOf = (batch: Batch): ExpertBatchTask => {
       const slabs: SharedArrayBuffer[] = [];
       const experts: BatchExpert[] = batch.map(({ i, entry }) => {
         const job = jobs[i]!;
@@ -178,52 +202,93 @@ export class ExpertDispatcher implements ExpertRunner {
       });
       return { slabs, experts, x: xs, rows, out };
     };
-    const finished = (batch: { i: number; entry: HostEntry }[], computeMs: number): void => {
-      stats.addCompute(layer, computeMs);
+    const finished = (batch: Batch): void => {
       for (const { i } of batch) results[i] = out.subarray(rowStart[i]! * nEmbd, (rowStart[i]! + jobs[i]!.rows.length) * nEmbd);
     };
-    const unpin = (batch: { i: number; entry: HostEntry }[]): void => {
+    const unpin = (batch: Batch): void => {
       for (const { entry } of batch) cache.release(entry);
       pinned -= batch.length;
     };
 
     // With more than one compute thread, this thread is one of them: it would only wait otherwise, and
     // on a machine with as many cores as threads a third thread woken here would take its core anyway.
-    // So pool.threads - 1 workers get tasks and this thread computes the rest (the workers' shares go
-    // out first, so they start while it computes). With one thread, the one worker does all.
+    // So the ready experts go out as one shared batch that this thread and every idle worker claim
+    // expert by expert (SharedClaims): a worker that wakes late takes fewer, and this thread learns that
+    // all are computed from the shared counter instead of waiting for the workers' reply messages. With
+    // one thread, the one worker computes everything, one task at a time.
     const helper = pool.threads > 1 ? 1 : 0;
     const workers = pool.threads - helper;
+    let layerDone = false;
+    /** Runs the task on a worker; `after` (if given) runs once it has settled, before the next dispatch. */
+    const post = (task: ExpertBatchTask, batch: Batch, after?: () => void): Promise<void> => {
+      inFlight++;
+      let run: Promise<BatchResult>;
+      try {
+        run = pool.runBatch(task, `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`);
+      } catch (err) {
+        run = Promise.reject(err);
+      }
+      const settled = run.then((r) => stats.addCompute(layer, r.computeMs), (err: unknown) => {
+        // A failure after the layer is complete (its experts were computed by other threads) is thrown
+        // by the next runExperts or settle(), so that it is never lost.
+        if (layerDone) this.lateFailure ??= err;
+        else fail(err);
+      }).finally(() => {
+        inFlight--;
+        this.outstanding.delete(settled);
+        after?.();
+        if (layerDone) return;
+        lookUp();
+        dispatch();
+        finishIfIdle();
+      });
+      this.outstanding.add(settled);
+      return settled;
+    };
+    const complete = (batch: Batch): void => {
+      finished(batch);
+      clock.computeEnd();
+      unpin(batch);
+    };
     const dispatch = (): void => {
       while (failure === undefined && ready.length > 0) {
-        while (failure === undefined && inFlight < workers && ready.length > 0) {
-          const batch = ready.splice(0, Math.ceil(ready.length / (workers - inFlight + helper)));
-          inFlight++;
+        if (helper === 0) {
+          if (inFlight >= workers) return;
+          const batch = ready.splice(0, ready.length);
           clock.computeStart();
-          let task: Promise<BatchResult>;
-          try {
-            task = pool.runBatch(taskOf(batch), `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`);
-          } catch (err) {
-            task = Promise.reject(err);
-          }
-          task.then((r) => finished(batch, r.computeMs), fail).finally(() => {
-            clock.computeEnd();
-            unpin(batch);
-            inFlight--;
+          void post(taskOf(batch), batch, () => complete(batch));
+          continue;
+        }
+        const batch = ready.splice(0, ready.length);
+        const task = taskOf(batch);
+        const idle = Math.min(workers - inFlight, batch.length - 1);
+        const claims = idle > 0 ? SharedClaims.create(batch.length) : undefined;
+        if (claims) task.claims = claims;
+        clock.computeStart();
+        const posted: Promise<void>[] = [];
+        for (let w = 0; w < idle; w++) posted.push(post(task, batch));
+        try {
+          stats.addCompute(layer, computeBatch(task).computeMs);
+        } catch (err) {
+          fail(err);
+        }
+        if (!claims || SharedClaims.waitAll(claims, batch.length, SHARED_WAIT_MS)) {
+          complete(batch);
+        } else {
+          // A worker is slow or died holding claims: once every worker task has settled (a dead one
+          // is retried by the pool), this thread computes what is still missing, then completes.
+          void Promise.all(posted).then(() => {
+            const missing = batch.map((_, j) => j).filter((j) => !SharedClaims.isDone(claims, j));
+            try {
+              if (failure === undefined && missing.length > 0) stats.addCompute(layer, computeBatch(task, missing).computeMs);
+            } catch (err) {
+              fail(err);
+            }
+            complete(batch);
             lookUp();
             dispatch();
             finishIfIdle();
-          }).catch(fail);
-        }
-        if (helper === 0 || ready.length === 0 || failure !== undefined) return;
-        const batch = ready.splice(0, ready.length);
-        clock.computeStart();
-        try {
-          finished(batch, computeBatch(taskOf(batch)).computeMs);
-        } catch (err) {
-          fail(err);
-        } finally {
-          clock.computeEnd();
-          unpin(batch);
+          });
         }
         lookUp();
       }
@@ -233,6 +298,7 @@ export class ExpertDispatcher implements ExpertRunner {
     dispatch();
     finishIfIdle();
     await done;
+    layerDone = true;
     stats.addStall(layer, clock.stalledMs);
     stats.addWall(layer, performance.now() - t0);
     if (failure !== undefined) throw failure;

@@ -77,6 +77,11 @@ export class ExpertOffload implements ExpertRunner {
     return this.dispatcher.runExperts(layer, x, nEmbd, jobs);
   }
 
+  /** Waits for worker tasks that outlived their layer; throws what failed among them (the engine calls it after each evaluation). */
+  settle(): Promise<void> {
+    return this.dispatcher.settle();
+  }
+
   stats(): ExpertStatsSnapshot {
     return this.statsKeeper.snapshot(this.cache.stats(), { ramCacheBytes: this.budgetBytes, threads: this.pool.threads, retries: this.pool.retries });
   }

@@ -57,6 +57,11 @@ export interface ExpertBatchTask {
   rows: Int32Array;
   /** Output rows of down.rows values (shared memory); each expert writes its rows [rowStart, rowStart + nTokens). */
   out: Float32Array;
+  /**
+   * Set when the experts are a queue shared by several threads (the dispatcher's thread and idle
+   * workers, all given this same task): see SharedClaims. Absent: this thread computes every expert.
+   */
+  claims?: Int32Array;
   /** Tests only, as in ExpertTask. */
   fault?: 'exit' | 'throw';
 }
@@ -74,35 +79,77 @@ function scratch(buf: Float32Array, n: number): Float32Array {
   return buf.length >= n ? buf : new Float32Array(Math.max(n, 2 * buf.length));
 }
 
-/** Computes a batch here, on the calling thread (a worker, or the dispatcher's own thread taking a share). */
-export function computeBatch(task: ExpertBatchTask): BatchResult {
-  const t0 = performance.now();
-  const { x, rows, out } = task;
-  for (const e of task.experts) {
-    const slab = task.slabs[e.slab]!;
-    const nEmbd = e.gate.cols;
-    const n = e.nTokens;
-    // The expert's tokens as contiguous rows: a view when they already are, else gathered.
-    const first = rows[e.rowStart]!;
-    let contiguous = true;
-    for (let i = 1; i < n && contiguous; i++) contiguous = rows[e.rowStart + i] === first + i;
-    let xe: Float32Array;
-    if (contiguous) {
-      xe = x.subarray(first * nEmbd, (first + n) * nEmbd);
-    } else {
-      scratchX = scratch(scratchX, n * nEmbd);
-      xe = scratchX;
-      for (let i = 0; i < n; i++) {
-        const r = rows[e.rowStart + i]!;
-        xe.set(x.subarray(r * nEmbd, (r + 1) * nEmbd), i * nEmbd);
-      }
+/**
+ * The claim counters of a shared batch of n experts (an Int32Array on a SharedArrayBuffer): [0] the next
+ * expert to claim, [1] how many are computed, [2 + i] 1 once expert i is computed. Each thread claims
+ * with Atomics.add, so a worker that wakes late simply takes fewer experts, and the dispatcher's thread
+ * learns that all are done from the counter, without waiting for the workers' reply messages.
+ */
+export const SharedClaims = {
+  create(n: number): Int32Array { return new Int32Array(new SharedArrayBuffer((2 + n) * 4)); },
+  done(claims: Int32Array): number { return Atomics.load(claims, 1); },
+  isDone(claims: Int32Array, i: number): boolean { return Atomics.load(claims, 2 + i) === 1; },
+  /** Blocks this thread until all n are computed or `ms` pass; true when all are. */
+  waitAll(claims: Int32Array, n: number, ms: number): boolean {
+    const until = performance.now() + ms;
+    for (let done = Atomics.load(claims, 1); done < n; done = Atomics.load(claims, 1)) {
+      const left = until - performance.now();
+      if (left <= 0) return false;
+      Atomics.wait(claims, 1, done, left);
     }
-    scratchG = scratch(scratchG, n * e.gate.rows);
-    scratchU = scratch(scratchU, n * e.up.rows);
-    const y = out.subarray(e.rowStart * e.down.rows, (e.rowStart + n) * e.down.rows);
-    expertFfnInto(view(slab, e.gate), view(slab, e.up), view(slab, e.down), xe, n, 1, y, scratchG, scratchU);
+    return true;
+  },
+};
+
+/**
+ * Computes a batch here, on the calling thread (a worker, or the dispatcher's own thread): every expert,
+ * or with task.claims the experts this thread claims. `only`: just these experts (the dispatcher
+ * finishing what a failed worker had claimed).
+ */
+export function computeBatch(task: ExpertBatchTask, only?: readonly number[]): BatchResult {
+  const t0 = performance.now();
+  const claims = task.claims;
+  if (only) {
+    for (const i of only) computeExpertOfBatch(task, i);
+  } else if (!claims) {
+    for (let i = 0; i < task.experts.length; i++) computeExpertOfBatch(task, i);
+  } else {
+    const n = task.experts.length;
+    for (let i = Atomics.add(claims, 0, 1); i < n; i = Atomics.add(claims, 0, 1)) {
+      computeExpertOfBatch(task, i);
+      Atomics.store(claims, 2 + i, 1);
+      Atomics.add(claims, 1, 1);
+      Atomics.notify(claims, 1);
+    }
   }
   return { computeMs: performance.now() - t0 };
+}
+
+function computeExpertOfBatch(task: ExpertBatchTask, index: number): void {
+  const { x, rows, out } = task;
+  const e = task.experts[index]!;
+  const slab = task.slabs[e.slab]!;
+  const nEmbd = e.gate.cols;
+  const n = e.nTokens;
+  // The expert's tokens as contiguous rows: a view when they already are, else gathered.
+  const first = rows[e.rowStart]!;
+  let contiguous = true;
+  for (let i = 1; i < n && contiguous; i++) contiguous = rows[e.rowStart + i] === first + i;
+  let xe: Float32Array;
+  if (contiguous) {
+    xe = x.subarray(first * nEmbd, (first + n) * nEmbd);
+  } else {
+    scratchX = scratch(scratchX, n * nEmbd);
+    xe = scratchX;
+    for (let i = 0; i < n; i++) {
+      const r = rows[e.rowStart + i]!;
+      xe.set(x.subarray(r * nEmbd, (r + 1) * nEmbd), i * nEmbd);
+    }
+  }
+  scratchG = scratch(scratchG, n * e.gate.rows);
+  scratchU = scratch(scratchU, n * e.up.rows);
+  const y = out.subarray(e.rowStart * e.down.rows, (e.rowStart + n) * e.down.rows);
+  expertFfnInto(view(slab, e.gate), view(slab, e.up), view(slab, e.down), xe, n, 1, y, scratchG, scratchU);
 }
 
 function view(slab: SharedArrayBuffer, m: MatrixInSlab): MatrixBytes {
