@@ -9,6 +9,7 @@
         "src/kernels-avx2.cc",
         "src/kernels-avx512.cc",
         "src/io.cc",
+        "src/thread-pool.cc",
         "src/attention.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

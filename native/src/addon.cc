@@ -1,6 +1,7 @@
 // N-API entry point: argument checking, activation conversion, thread split and kernel-path choice.
 #include <napi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <string>
 #include <thread>
@@ -9,6 +10,7 @@
 #include "attention.h"
 #include "kernels.h"
 #include "quantize-act.h"
+#include "thread-pool.h"
 
 namespace moe {
 
@@ -66,27 +68,29 @@ bool intArg(const Napi::Value& v, int64_t lo, int64_t hi, int64_t* out) {
   return true;
 }
 
-// Rows are split into contiguous chunks, one per thread; every row is computed by the same code
+// Rows are split into contiguous chunks run by the thread pool; every row is computed by the same code
 // whichever thread runs it, so the result does not depend on the thread count.
+struct RowsTask { RowsKernel kernel; const Job* job; int chunkRows; };
+
+void runRowsChunk(void* ctx, int chunk) {
+  const RowsTask& t = *(const RowsTask*)ctx;
+  const int r0 = chunk * t.chunkRows;
+  t.kernel(*t.job, r0, std::min(r0 + t.chunkRows, t.job->rows));
+}
+
 void runRows(RowsKernel kernel, const Job& job, int threads) {
   if (threads > job.rows) threads = job.rows;
   if (threads <= 1) {
     kernel(job, 0, job.rows);
     return;
   }
-  const int chunk = (job.rows + threads - 1) / threads;
-  std::vector<std::thread> workers;
-  workers.reserve(threads - 1);
-  for (int r0 = chunk; r0 < job.rows; r0 += chunk) {
-    const int r1 = r0 + chunk < job.rows ? r0 + chunk : job.rows;
-    try {
-      workers.emplace_back([kernel, &job, r0, r1] { kernel(job, r0, r1); });
-    } catch (...) {  // no thread to be had: compute the chunk here (same code, same result)
-      kernel(job, r0, r1);
-    }
-  }
-  kernel(job, 0, chunk < job.rows ? chunk : job.rows);
-  for (auto& t : workers) t.join();
+  // A few chunks per thread, so that a helper that starts late leaves part of its share to the others;
+  // multiples of 16 rows keep the kernels' row groups whole.
+  constexpr int CHUNKS_PER_THREAD = 4;
+  int chunkRows = (job.rows + threads * CHUNKS_PER_THREAD - 1) / (threads * CHUNKS_PER_THREAD);
+  chunkRows = (chunkRows + 15) / 16 * 16;
+  const RowsTask task{kernel, &job, chunkRows};
+  poolRun(threads, (job.rows + chunkRows - 1) / chunkRows, runRowsChunk, (void*)&task);
 }
 
 // matmul(type, w: Uint8Array, rows, cols, x: Float32Array, nTokens, out: Float32Array, threads)
@@ -169,6 +173,12 @@ Napi::Value SumBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, useAvx2() ? sumBytesAvx2(p, buf.byteLength) : sumBytesPortable(p, buf.byteLength));
 }
 
+// parkThreads(): pool helpers spinning for the next product go to sleep now (other threads need the cores).
+Napi::Value ParkThreads(const Napi::CallbackInfo& info) {
+  poolPark();
+  return info.Env().Undefined();
+}
+
 Napi::Value Version(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), 1); }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -177,6 +187,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures));
   exports.Set("setKernelPath", Napi::Function::New(env, SetKernelPath));
   exports.Set("sumBytes", Napi::Function::New(env, SumBytes));
+  exports.Set("parkThreads", Napi::Function::New(env, ParkThreads));
   RegisterIo(env, exports);
   RegisterAttention(env, exports, useAvx2);
   return exports;

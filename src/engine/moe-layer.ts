@@ -6,6 +6,7 @@ import type { Weight } from './weights.js';
 import type { ExpertMatrix } from '../experts/locator.js';
 import type { ExpertRunner } from '../experts/dispatcher.js';
 import { expertFfnBytes as expertFfn } from '../experts/ffn.js';
+import { parkThreads } from '../native/index.js';
 
 /** down · (silu(gate · x) * (up · x)) for nTokens rows of x: the one definition, which the offloading workers run too. */
 export { expertFfn };
@@ -68,6 +69,7 @@ export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerPa
   });
   const used = tokensOf.map((users, e) => ({ users, e })).filter(({ users }) => users.length > 0);
   if (p.runner) {
+    parkThreads();  // the native matmul helpers would otherwise spin on the cores the expert workers need
     const ys = await p.runner.runExperts(p.layer, x, nEmbd, used.map(({ users, e }) => ({ expert: e, rows: Int32Array.from(users, (u) => u.token) })));
     used.forEach(({ users }, i) => scatter(users, ys[i]!));
   } else {

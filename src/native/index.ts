@@ -12,6 +12,7 @@ export interface Addon {
   cpuFeatures(): CpuFeatures & { kernelPath: KernelPath };
   setKernelPath(path: 'auto' | 'avx2' | 'portable'): void;
   sumBytes(buf: Uint8Array): number;
+  parkThreads(): void;
   // attention.cc
   causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number, nTokens: number,
     nHead: number, nHeadKv: number, headDim: number, out: Float32Array): void;
@@ -71,6 +72,14 @@ export function kernelPath(): KernelPath {
  * path (tests compare them). Paths the CPU lacks fall back to the next one down.
  */
 export function setKernelPath(path: 'auto' | 'avx2' | 'portable'): void { native().setKernelPath(path); }
+
+/**
+ * matmul(threads > 1) runs on a process-wide pool of native helper threads that, after each product, spin
+ * for a short while (~100 us) waiting for the next one, then sleep. Call this before a phase where other
+ * threads (the expert workers) need the cores, so that spinning helpers go to sleep at once. Cheap; the
+ * next matmul wakes them again.
+ */
+export function parkThreads(): void { native().parkThreads(); }
 
 /** Reads every byte of `buf` once (a memory read-bandwidth probe for the benchmark); returns their sum. */
 export function sumBytes(buf: Uint8Array): number { return native().sumBytes(buf); }
