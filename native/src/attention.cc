@@ -115,6 +115,84 @@ AVX2_FN inline double dotF64(const double* qd, const float* k, int d) {
   return dot;
 }
 
+// exp(x) for x <= 0 in f64, 4 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n ln2 is
+// exact), exp(r) by its Taylor series to r^13/13! (truncation below 2^-52 relative), times 2^n built in
+// the exponent bits. Below -708 (where 2^n would leave the normal range) the result is 0.
+AVX2_FN inline __m256d expNonPositiveF64(__m256d x) {
+  const __m256d n = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634074)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), x);
+  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
+  static const double invFact[] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                   1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0,
+                                   1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+  __m256d p = _mm256_set1_pd(invFact[0]);
+  for (int k = 1; k < 14; k++) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(invFact[k]));
+  const __m256i e = _mm256_slli_epi64(
+      _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)), _mm256_set1_epi64x(1023)), 52);
+  const __m256d y = _mm256_mul_pd(p, _mm256_castsi256_pd(e));
+  return _mm256_andnot_pd(_mm256_cmp_pd(x, _mm256_set1_pd(-708.0), _CMP_LT_OQ), y);
+}
+
+// softmaxInPlace with 4 lanes: the same max, exp(s - max) (to ~1 ulp of f64), sum and division.
+AVX2_FN void softmaxInPlaceAvx2(double* scores, int n) {
+  double max = -INFINITY;
+  int p = 0;
+  if (n >= 4) {
+    __m256d m = _mm256_loadu_pd(scores);
+    for (p = 4; p + 4 <= n; p += 4) m = _mm256_max_pd(m, _mm256_loadu_pd(scores + p));
+    const __m128d h = _mm_max_pd(_mm256_castpd256_pd128(m), _mm256_extractf128_pd(m, 1));
+    max = _mm_cvtsd_f64(_mm_max_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+  for (; p < n; p++) if (scores[p] > max) max = scores[p];
+  const __m256d vmax = _mm256_set1_pd(max);
+  __m256d vsum = _mm256_setzero_pd();
+  for (p = 0; p + 4 <= n; p += 4) {
+    const __m256d e = expNonPositiveF64(_mm256_sub_pd(_mm256_loadu_pd(scores + p), vmax));
+    _mm256_storeu_pd(scores + p, e);
+    vsum = _mm256_add_pd(vsum, e);
+  }
+  if (p < n) {  // the tail through a masked load, so every position gets the same exp
+    const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - p), _mm256_setr_epi64x(0, 1, 2, 3));
+    const __m256d x = _mm256_sub_pd(_mm256_maskload_pd(scores + p, mask), vmax);
+    const __m256d e = _mm256_and_pd(expNonPositiveF64(x), _mm256_castsi256_pd(mask));
+    _mm256_maskstore_pd(scores + p, mask, e);
+    vsum = _mm256_add_pd(vsum, e);
+  }
+  const double sum = hsum(vsum);
+  const __m256d vs = _mm256_set1_pd(sum);
+  for (p = 0; p + 4 <= n; p += 4) _mm256_storeu_pd(scores + p, _mm256_div_pd(_mm256_loadu_pd(scores + p), vs));
+  for (; p < n; p++) scores[p] = scores[p] / sum;
+}
+
+// The dot products of qd with 4 key rows k0, k0 + stride, ... in f64, written to out[0..4).
+AVX2_FN inline void dot4F64(const double* qd, const float* k0, size_t stride, int d, double* out) {
+  const float* k1 = k0 + stride;
+  const float* k2 = k1 + stride;
+  const float* k3 = k2 + stride;
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  int i = 0;
+  for (; i + 4 <= d; i += 4) {
+    const __m256d qv = _mm256_loadu_pd(qd + i);
+    a0 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k0 + i)), a0);
+    a1 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k1 + i)), a1);
+    a2 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k2 + i)), a2);
+    a3 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k3 + i)), a3);
+  }
+  // Horizontal sums: hadd pairs lanes within 128-bit halves, then the halves are added.
+  const __m256d h01 = _mm256_hadd_pd(a0, a1);  // a0[0]+a0[1], a1[0]+a1[1], a0[2]+a0[3], a1[2]+a1[3]
+  const __m256d h23 = _mm256_hadd_pd(a2, a3);
+  const __m256d lo = _mm256_permute2f128_pd(h01, h23, 0x20);
+  const __m256d hi = _mm256_permute2f128_pd(h01, h23, 0x31);
+  _mm256_storeu_pd(out, _mm256_add_pd(lo, hi));
+  for (; i < d; i++) {
+    out[0] += qd[i] * (double)k0[i];
+    out[1] += qd[i] * (double)k1[i];
+    out[2] += qd[i] * (double)k2[i];
+    out[3] += qd[i] * (double)k3[i];
+  }
+}
+
 AVX2_FN void attentionAvx2(const AttnArgs& a) {
   const int group = a.nHead / a.nHeadKv, d = a.headDim;
   const size_t qRow = (size_t)a.nHead * d, kvRow = (size_t)a.nHeadKv * d;
@@ -122,6 +200,7 @@ AVX2_FN void attentionAvx2(const AttnArgs& a) {
   AttnScratch& s = scratch((size_t)a.start + a.nTokens, d);
   double* scores = s.scores.data();
   double* qd = s.qd.data();
+  double* acc = s.acc.data();
   for (int t = 0; t < a.nTokens; t++) {
     const int n = a.start + t + 1;
     for (int h = 0; h < a.nHead; h++) {
@@ -129,40 +208,40 @@ AVX2_FN void attentionAvx2(const AttnArgs& a) {
       for (int i = 0; i < d; i++) qd[i] = q[i];
       const float* keys = a.keys + (size_t)(h / group) * d;
       const float* values = a.values + (size_t)(h / group) * d;
-      for (int p = 0; p < n; p++) scores[p] = dotF64(qd, keys + p * kvRow, d) * scale;
-      softmaxInPlace(scores, n);
-      // Weighted sum of value rows, 16 output values at a time held in registers across all positions.
+      int p = 0;
+      for (; p + 4 <= n; p += 4) {
+        dot4F64(qd, keys + p * kvRow, kvRow, d, scores + p);
+        for (int j = 0; j < 4; j++) scores[p + j] *= scale;
+      }
+      for (; p < n; p++) scores[p] = dotF64(qd, keys + p * kvRow, d) * scale;
+      softmaxInPlaceAvx2(scores, n);
+      // Weighted sum of the value rows, row by row (rows are contiguous; a column-block order would stride
+      // by the whole kv row and thrash the L1 sets) into f64 accumulators that stay in L1. Two rows per
+      // pass: fma(w1, v1, fma(w0, v0, acc)) is the same sequence of operations as two passes, with half
+      // the loads and stores of acc.
+      for (int i = 0; i < d; i++) acc[i] = 0;
+      const float* v = values;
+      p = 0;
+      for (; p + 2 <= n; p += 2, v += 2 * kvRow) {
+        const __m256d w0 = _mm256_broadcast_sd(scores + p), w1 = _mm256_broadcast_sd(scores + p + 1);
+        const float* v1 = v + kvRow;
+        int i = 0;
+        for (; i + 4 <= d; i += 4) {
+          const __m256d c = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i));
+          _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w1, _mm256_cvtps_pd(_mm_loadu_ps(v1 + i)), c));
+        }
+        for (; i < d; i++) acc[i] = std::fma(scores[p + 1], (double)v1[i], std::fma(scores[p], (double)v[i], acc[i]));
+      }
+      for (; p < n; p++, v += kvRow) {
+        const __m256d w = _mm256_broadcast_sd(scores + p);
+        int i = 0;
+        for (; i + 4 <= d; i += 4) {
+          _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i)));
+        }
+        for (; i < d; i++) acc[i] = std::fma(scores[p], (double)v[i], acc[i]);
+      }
       float* o = a.out + t * qRow + (size_t)h * d;
-      int i0 = 0;
-      for (; i0 + 16 <= d; i0 += 16) {
-        __m256d c0 = _mm256_setzero_pd(), c1 = c0, c2 = c0, c3 = c0;
-        const float* v = values + i0;
-        for (int p = 0; p < n; p++, v += kvRow) {
-          const __m256d w = _mm256_broadcast_sd(scores + p);
-          c0 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v)), c0);
-          c1 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + 4)), c1);
-          c2 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + 8)), c2);
-          c3 = _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + 12)), c3);
-        }
-        _mm_storeu_ps(o + i0, _mm256_cvtpd_ps(c0));
-        _mm_storeu_ps(o + i0 + 4, _mm256_cvtpd_ps(c1));
-        _mm_storeu_ps(o + i0 + 8, _mm256_cvtpd_ps(c2));
-        _mm_storeu_ps(o + i0 + 12, _mm256_cvtpd_ps(c3));
-      }
-      for (; i0 + 4 <= d; i0 += 4) {
-        __m256d c = _mm256_setzero_pd();
-        const float* v = values + i0;
-        for (int p = 0; p < n; p++, v += kvRow) {
-          c = _mm256_fmadd_pd(_mm256_broadcast_sd(scores + p), _mm256_cvtps_pd(_mm_loadu_ps(v)), c);
-        }
-        _mm_storeu_ps(o + i0, _mm256_cvtpd_ps(c));
-      }
-      for (; i0 < d; i0++) {
-        double c = 0;
-        const float* v = values + i0;
-        for (int p = 0; p < n; p++, v += kvRow) c += scores[p] * (double)*v;
-        o[i0] = (float)c;
-      }
+      for (int i = 0; i < d; i++) o[i] = (float)acc[i];
     }
   }
 }
