@@ -9,11 +9,13 @@ import type { GGUFFile, GGUFTensorInfo } from '../model/gguf.js';
 const CONVERT_HINT = 'the model file does not match its own metadata; convert it again with a current llama.cpp';
 
 /**
- * Weight bytes x tokens one extra thread must have to gain: the native matmul starts its threads per
- * call, which costs about as much as a 2048x2048 q4_0 product (2.4 MB, one token) gains from a second
- * thread (measured: 2 threads are slower below ~8 MB, 1.4x faster at 19 MB, on a 2-core x86 VM).
+ * Weight bytes x tokens each thread must have to gain. The native matmul runs threads > 1 on a pool of
+ * helper threads that wait for the next product (no thread start per call), so a second thread pays off
+ * from about 256 KB: measured on a 2-core x86 VM (AMD EPYC, otherwise idle), q4_0 with 2048 columns and
+ * one token, weights from memory, 2 threads vs 1: 0.86-0.97x at 144 KB, 0.98-1.08x at 216 KB,
+ * 1.11-1.15x at 288 KB, 1.2-1.4x at 432-576 KB, 1.5-1.6x at 2.3 MB (2048x2048).
  */
-export const BYTES_PER_THREAD = 8 * 2 ** 20;
+export const BYTES_PER_THREAD = 128 * 2 ** 10;
 
 /** Threads worth starting for a product of `work` weight bytes x tokens, at most `threads`. */
 export function threadsFor(work: number, threads: number): number {
