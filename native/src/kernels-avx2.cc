@@ -13,6 +13,7 @@
 #define Q4P_FN AVX2_FN
 #define Q4P_NS q4_0_avx2
 #define Q4P_VNNI 0
+#define Q4P_VBMI 0
 #include "kernels-q4_0-pairs.h"
 
 namespace moe {

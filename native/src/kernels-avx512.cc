@@ -5,9 +5,10 @@
 #include "kernels.h"
 
 #if defined(__x86_64__)
-#define Q4P_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+#define Q4P_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni,avx512vbmi")))
 #define Q4P_NS q4_0_vnni
 #define Q4P_VNNI 1
+#define Q4P_VBMI 1
 #include "kernels-q4_0-pairs.h"
 
 namespace moe {
@@ -17,7 +18,8 @@ RowsKernel avx512Kernel(int type) { return type == T_Q4_0 ? q4_0_vnni::rows : nu
 bool avx512Usable() {
   __builtin_cpu_init();
   return avx2Usable() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx512vbmi");
 }
 
 }  // namespace moe

@@ -51,7 +51,7 @@ RowsKernel portableKernel(int type);
 RowsKernel avx2Kernel(int type);  // nullptr where there is none (or not x86-64)
 bool avx2Usable();                // compiled in and the CPU has avx2 + fma + f16c
 RowsKernel avx512Kernel(int type);  // AVX-512 VNNI kernels (Q4_0 so far), nullptr elsewhere
-bool avx512Usable();              // avx2Usable() and the CPU has avx512f/vl/bw/vnni
+bool avx512Usable();              // avx2Usable() and the CPU has avx512f/vl/bw/vnni/vbmi
 
 double sumBytesPortable(const uint8_t* p, size_t n);
 double sumBytesAvx2(const uint8_t* p, size_t n);
