@@ -5,7 +5,7 @@ import { GGMLType, GGML_TYPE_INFO } from '../src/model/ggml-types.js';
 import { dequantize } from '../src/model/quant/index.js';
 import { matmul, sumBytes } from '../src/native/index.js';
 import { randomFloats } from './random.js';
-import { pairedRatios, throughputs, timePairedPasses, timePasses, type RepeatOptions, type Summary } from './stats.js';
+import { pairedRatios, summarize, throughputs, timePairedPasses, timePasses, type RepeatOptions, type Summary } from './stats.js';
 import { makeMatrix, matrixBytes, rotationCopies } from './weights.js';
 
 export interface MatrixShape {
@@ -28,6 +28,11 @@ export interface KernelResult {
   note?: string;
   /** A reference timed in adjacent passes with this line's (see timePairedPasses). */
   paired?: PairedReference;
+  /**
+   * Seconds per call on a 1-row matrix of the same width, in cache (median over passes): the fixed cost
+   * of a call (argument checks, activation conversion), which a short matrix pays once per call.
+   */
+  callSeconds?: number;
 }
 
 export interface PairedReference {
@@ -94,6 +99,7 @@ export async function benchNativeKernel(type: GGMLType, shape: MatrixShape, minR
     check = checkRows(type, first, cols, x, out) ? 'ok' : 'MISMATCH';
   } catch { /* no reference dequantizer for this type yet */ }
 
+  const callSeconds = await timeOneRowCall(type, cols, x, options);
   const matrices = [first];
   for (let i = 1; i < copies; i++) matrices.push(makeMatrix(type, rows, cols, i));
   let sink = 0;
@@ -103,8 +109,20 @@ export async function benchNativeKernel(type: GGMLType, shape: MatrixShape, minR
     options);
   if (!Number.isFinite(sink)) throw new Error('sumBytes returned a non-number');
   const total = copies * bytes;
-  return { ...base, gbps: throughputs(total, t.a), check,
+  return { ...base, gbps: throughputs(total, t.a), check, callSeconds,
     paired: { against: 'sumBytes', gbps: throughputs(total, t.b), ratio: pairedRatios(total, total, t) } };
+}
+
+const CALLS_PER_PASS = 200;
+
+/** Median seconds of one matmul call on a 1 x cols matrix (see KernelResult.callSeconds). */
+async function timeOneRowCall(type: GGMLType, cols: number, x: Float32Array, options: RepeatOptions): Promise<number> {
+  const w = makeMatrix(type, 1, cols, 0);
+  const out = new Float32Array(1);
+  const seconds = await timePasses(() => {
+    for (let i = 0; i < CALLS_PER_PASS; i++) matmul(type, w, 1, cols, x, 1, out, 1);
+  }, options);
+  return summarize(seconds).median / CALLS_PER_PASS;
 }
 
 /**
