@@ -95,6 +95,49 @@ __attribute__((target("avx2"))) static int quantizeQ8Block32Avx2(const float* x,
   return _mm_cvtsi128_si32(s4);
 }
 
+// quantizeQ8KBlock on 8 lanes, same bits: the first value of largest magnitude picks the scale, and
+// nearestInt's float add (no "fma" in the target, so iscale * x stays a separate rounding).
+__attribute__((target("avx2"))) static void quantizeQ8KBlockAvx2(const float* x, int8_t* q, float* d, int16_t* bsums) {
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 m = _mm256_setzero_ps();
+  for (int k = 0; k < 32; k++) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absMask), m);  // NaN lanes keep m
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  if (amax == 0.0f) {
+    for (int i = 0; i < 256; i++) q[i] = 0;
+    for (int j = 0; j < 16; j++) bsums[j] = 0;
+    *d = 0.0f;
+    return;
+  }
+  int first = 0;
+  const __m256 target = _mm256_set1_ps(amax);
+  for (int k = 0; k < 32; k++) {
+    const int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absMask), target, _CMP_EQ_OQ));
+    if (hits) { first = 8 * k + __builtin_ctz((unsigned)hits); break; }
+  }
+  const float iscale = -127.0f / x[first];
+  const __m256 vs = _mm256_set1_ps(iscale), magic = _mm256_set1_ps(12582912.0f);
+  const __m256i mantissa = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000), top = _mm256_set1_epi32(127);
+  for (int k = 0; k < 32; k += 4) {
+    __m256i qi[4];
+    for (int j = 0; j < 4; j++) {
+      const __m256 big = _mm256_add_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(x + 8 * (k + j))), magic);
+      const __m256i v = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(big), mantissa), bias);
+      qi[j] = _mm256_min_epi32(v, top);
+    }
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+    _mm256_storeu_si256((__m256i*)(q + 8 * k), _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+  for (int j = 0; j < 16; j++) {
+    int sum = 0;
+    for (int i = 0; i < 16; i++) sum += q[16 * j + i];
+    bsums[j] = (int16_t)sum;
+  }
+  *d = 1.0f / iscale;
+}
+
 static bool quantizeAvx2Usable() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2");
@@ -188,6 +231,14 @@ ActBuffers::ActBuffers(ActKind kind, const float* x, int nTokens, int cols) {
       qs_.resize(n);
       d_.resize(blocks);
       bsums_.resize(n / 16);
+#if defined(__x86_64__)
+      static const bool simd = quantizeAvx2Usable();
+      if (simd) {
+        for (size_t b = 0; b < blocks; b++) {
+          quantizeQ8KBlockAvx2(x + 256 * b, qs_.data() + 256 * b, &d_[b], bsums_.data() + 16 * b);
+        }
+      } else
+#endif
       for (size_t b = 0; b < blocks; b++) {
         quantizeQ8KBlock(x + 256 * b, qs_.data() + 256 * b, &d_[b], bsums_.data() + 16 * b);
       }
