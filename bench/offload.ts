@@ -10,6 +10,8 @@ import { Sampler } from '../src/engine/sampler.js';
 import { expertFfnBytes } from '../src/experts/ffn.js';
 import { EXPERT_MATRICES, ExpertLocator, type ExpertRange } from '../src/experts/locator.js';
 import { ExpertPool, type BatchExpert, type MatrixInSlab } from '../src/experts/pool.js';
+import { HostCache, minimumBudget, slotBytesOf, type HostEntry } from '../src/experts/host-cache.js';
+import { ExpertReader } from '../src/experts/reader.js';
 import { GGUFFile } from '../src/model/gguf.js';
 import { PositionedFile } from '../src/native/io.js';
 import { mulberry32 } from '../src/engine/prng.js';
@@ -37,14 +39,16 @@ export interface OffloadSettings {
   bandwidthExperts: number;
   /** Experts in the kernel rotation (their bytes should far exceed the last-level cache). */
   kernelExperts: number;
+  /** Experts read by each per-row bandwidth probe (one right before and one right after each decode row). */
+  rowProbeExperts: number;
 }
 
 export function defaultOffloadSettings(quick: boolean): OffloadSettings {
   return quick
     ? { quick, shape: OLMOE_LIKE_QUICK, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [],
-      warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24 }
+      warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16 }
     : { quick, shape: OLMOE_LIKE, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [50, 25],
-      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48 };
+      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 40 };
 }
 
 export interface ReadBandwidth {
@@ -73,6 +77,10 @@ export interface DecodeRow {
   computeBoundMs: number;
   boundMs: number;
   ratio: number;
+  /** This row's own read bandwidth: the decode's read path probed right before and right after the row (GB/s). */
+  rowReadGbps: { before: number; after: number; combined: number };
+  /** The read bound from the bandwidth measured once before all rows (the old figure), for comparison. */
+  readBoundMsGlobalBandwidth: number;
 }
 
 export interface OffloadBenchResult {
@@ -143,6 +151,49 @@ async function expertReadBandwidth(path: string, locator: ExpertLocator, direct:
       gbps.push(bytes / ((performance.now() - t0) / 1000) / 1e9);
     }
     return summarize(gbps);
+  } finally {
+    file.close();
+  }
+}
+
+/**
+ * A row's own read bandwidth, probed with the decode's read path itself (HostCache slots filled by
+ * ExpertReader, `k` expert loads in flight, as the dispatcher does for one layer's misses). Direct: a
+ * fresh random set each probe. Page cache: a fixed set read once untimed first, so the timed pass hits.
+ */
+async function rowReadProbe(path: string, locator: ExpertLocator, direct: boolean, count: number, seed: number): Promise<number> {
+  const k = Math.max(1, locator.expertUsedCount);
+  const file = new PositionedFile(path, { direct });
+  let bytes = 0;
+  const reader = new ExpertReader(file, locator, (_l, b) => { bytes += b; });
+  const cache = new HostCache({ budgetBytes: minimumBudget(slotBytesOf(locator), k), experts: locator, expertsInUse: k });
+  const next = mulberry32(seed);
+  // Distinct experts, so every load is a miss (the cache holds k; the next batch evicts the last).
+  // Direct: twice as many, the first half read untimed so the slots' pages are faulted in (as in a
+  // decode past its warm-up). Page cache: the same set twice, the first pass untimed.
+  const seen = new Set<number>();
+  const picks: (readonly [number, number])[] = [];
+  const want = direct ? 2 * count : count;
+  for (let tries = 0; picks.length < want && tries < 100 * want; tries++) {
+    const l = Math.floor(next() * locator.layers), e = Math.floor(next() * locator.expertCount);
+    if (!locator.hasExperts(l) || seen.has(l * locator.expertCount + e)) continue;
+    seen.add(l * locator.expertCount + e);
+    picks.push([l, e]);
+  }
+  const [warm, timed] = direct ? [picks.slice(0, picks.length >> 1), picks.slice(picks.length >> 1)] : [picks, picks];
+  const pass = async (set: (readonly [number, number])[]): Promise<number> => {
+    const t0 = performance.now();
+    for (let i = 0; i < set.length; i += k) {
+      const entries = await Promise.all(set.slice(i, i + k).map(([l, e]) => cache.getOrLoad(l, e, (entry) => reader.load(entry))));
+      entries.forEach((entry: HostEntry) => cache.release(entry));
+    }
+    return performance.now() - t0;
+  };
+  try {
+    await pass(warm);
+    bytes = 0;
+    const ms = await pass(timed);
+    return bytes / (ms / 1000) / 1e9;
   } finally {
     file.close();
   }
@@ -259,7 +310,7 @@ function delta(a: ExpertStatsSnapshot, b: ExpertStatsSnapshot, ms: number): Toke
 }
 
 async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: OffloadSettings):
-  Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio'>> {
+  Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio' | 'rowReadGbps' | 'readBoundMsGlobalBandwidth'>> {
   const model = await loadModel(path, { threads: s.threads, offload: { ramCache: `${percent}%`, threads: s.threads, directIo: io === 'direct' } });
   try {
     const prompt = model.tokenizer.encode(PROMPT, { addSpecial: true });
@@ -346,14 +397,22 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     ...s.ramCachePercents.map((p): [number, DecodeRow['io']] => [p, 'direct']),
     ...s.pageCachePercents.map((p): [number, DecodeRow['io']] => [p, 'page cache']),
   ];
-  for (const [percent, io] of runs) {
-    progress(`decode: RAM cache ${percent}%, misses read ${io === 'direct' ? 'with O_DIRECT' : 'through the page cache'}`);
+  for (const [ri, [percent, io]] of runs.entries()) {
+    const direct = io === 'direct';
+    progress(`decode: RAM cache ${percent}%, misses read ${direct ? 'with O_DIRECT' : 'through the page cache'} (read bandwidth probed before and after)`);
+    const probe = (seed: number) => rowReadProbe(model.path, locator, direct, s.rowProbeExperts, direct ? seed : 11).catch(() => NaN);
+    const before = await probe(300 + 2 * ri);
     const r = await decodeRun(model.path, percent, io, s);
-    const bw = (io === 'direct' ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
+    const after = await probe(301 + 2 * ri);
+    // Both probes read the same bytes: the combined rate is the harmonic mean (total bytes / total time).
+    const combined = Number.isFinite(before) && Number.isFinite(after) ? 2 / (1 / before + 1 / after) : (Number.isFinite(before) ? before : after);
+    const globalBw = (direct ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
+    const bw = Number.isFinite(combined) ? combined : globalBw;
     const readBoundMs = r.bytesReadPerToken / (bw * 1e9) * 1000;
     const computeBoundMs = computedTotal / (expertFfnAllThreadsGbps.median * 1e9) * 1000;
     const boundMs = Math.max(readBoundMs, computeBoundMs);
-    rows.push({ ...r, readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs });
+    rows.push({ ...r, readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs,
+      rowReadGbps: { before, after, combined }, readBoundMsGlobalBandwidth: r.bytesReadPerToken / (globalBw * 1e9) * 1000 });
   }
   return {
     model: { path: model.path, fileBytes: model.bytes, created: model.created, generateSeconds: model.seconds, shape, note },
@@ -380,18 +439,19 @@ export function offloadTable(r: OffloadBenchResult): string {
     `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] one thread alone (gate+up+down matmuls, 1 token, experts from RAM)`,
     `                  ${f(r.expertFfnAllThreadsGbps.median)} GB/s [${f(r.expertFfnAllThreadsGbps.min)}..${f(r.expertFfnAllThreadsGbps.max)}] ${r.threads} threads at once, together (${f(r.expertFfnAllThreadsGbps.median / r.expertFfnGbps.median)}x one thread: they share the memory bus)`,
     `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output)`,
-    'bound = max(read MB/token / read GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
+    'bound = max(read MB/token / row read GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
+    'row GB/s = the decode\'s read path (O_DIRECT or page cache, as the row) probed right before / right after that row; the read bound uses their harmonic mean',
     '',
   ];
-  const header = ['RAM cache', 'misses via', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
+  const header = ['RAM cache', 'misses via', 'row GB/s', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
   const rows = [header, ...r.rows.map((x) => [
-    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.io, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
+    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.io, `${f(x.rowReadGbps.before)}/${f(x.rowReadGbps.after)}`, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
     f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1), f(x.computeMsPerToken, 1),
     f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1), f(x.ratio),
     x.ratio <= TARGET_RATIO ? 'met' : `NOT met (target <= ${TARGET_RATIO})`,
   ])];
   const widths = header.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
-  for (const row of rows) lines.push(row.map((c, i) => (i <= 1 || i === row.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
+  for (const row of rows) lines.push(row.map((c, i) => (i <= 2 || i === row.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
   lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN compute time summed over the threads');
   lines.push('computing experts (workers, and the main thread\'s share with 2+ threads); other ms = ms/tok - experts ms (attention, norms,');
   lines.push('routers, output, on the main thread)');

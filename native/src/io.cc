@@ -5,12 +5,21 @@
 //   closeFile(fd)                       close(2); reads still in flight on fd then fail with EBADF
 //   readInto(fd, position, dst) -> Promise<number>   fills all of dst from `position`, resolves with
 //                                        dst.byteLength; rejects on an error or an early end of file
+//   readIntoRegion(fd, position, region, at, length) -> Promise<number>
+//                                        fills region[at, at + length) from `position`; on a direct fd it
+//                                        may also overwrite the rest of region (see below)
+//   pageOffsetOf(view) -> number         the view's start address mod 4096 (where a slot must put a
+//                                        matrix so that O_DIRECT can land in it)
+//   ioCounters() -> {zeroCopyReads, bouncedReads, bouncedBytes}   direct reads so far, process-wide
 //
 // O_DIRECT needs the file position, the length and the memory address to be multiples of the device's
 // logical block size. Expert ranges inside a GGUF file are only 32-byte aligned, so rather than asking
 // callers to align their slots we read the covering block-aligned range through a small aligned scratch
-// buffer (at most kScratchBytes per read in flight) and copy out the wanted bytes. When the caller's
-// request is already aligned, the read goes straight into dst.
+// buffer (at most kScratchBytes per pool thread, kept for the thread's life) and copy out the wanted
+// bytes. That copy costs CPU the expert compute needs, so a caller can avoid it: readIntoRegion hands a
+// larger region around the wanted bytes, and when the block-aligned covering range lands inside that
+// region at an aligned address (the slot put the matrix at an address congruent to its file offset mod
+// 4096, see src/experts/host-cache.ts), the read goes straight into the region: no scratch, no copy.
 #include <napi.h>
 
 #include <errno.h>
@@ -20,6 +29,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -32,6 +42,27 @@ constexpr size_t kDirectAlign = 4096;          // safe for 512- and 4096-byte lo
 constexpr size_t kScratchBytes = 4u << 20;     // per direct read in flight
 
 struct OpenFile { std::string path; bool direct; };
+
+std::atomic<uint64_t> zeroCopyReads{0}, bouncedReads{0}, bouncedBytes{0};
+
+// One aligned scratch buffer per pool thread, grown on demand up to kScratchBytes and kept: a fresh
+// posix_memalign per read would mmap and fault in new pages every time.
+struct Scratch {
+  void* p = nullptr;
+  size_t n = 0;
+  ~Scratch() { free(p); }
+  uint8_t* get(size_t want) {
+    if (want > n) {
+      free(p);
+      p = nullptr;
+      n = 0;
+      if (posix_memalign(&p, kDirectAlign, want) != 0) { p = nullptr; return nullptr; }
+      n = want;
+    }
+    return (uint8_t*)p;
+  }
+};
+thread_local Scratch scratchBuffer;
 
 // fd -> what was opened, for error messages and the direct flag. Worker threads have their own JS
 // environments but share this process-wide table.
@@ -148,11 +179,14 @@ int preadFull(int fd, uint8_t* p, size_t len, uint64_t pos, size_t* got) {
 
 class ReadWorker : public Napi::AsyncWorker {
  public:
+  // Fills dst[0, length) from position; [region, region + regionLength) around dst may be overwritten
+  // by a direct read that lands there without a copy (readInto passes dst itself as the region).
   ReadWorker(Napi::Env env, int fd, const OpenFile& file, uint64_t position, uint8_t* dst, size_t length,
-             Napi::Object keepAlive)
+             uint8_t* region, size_t regionLength, Napi::Object keepAlive)
       : Napi::AsyncWorker(env, "moeReadInto"),
         deferred_(Napi::Promise::Deferred::New(env)),
-        fd_(fd), path_(file.path), direct_(file.direct), position_(position), dst_(dst), length_(length) {
+        fd_(fd), path_(file.path), direct_(file.direct), position_(position), dst_(dst), length_(length),
+        region_(region), regionLength_(regionLength) {
     keep_ = Napi::Persistent(keepAlive);  // the buffer must outlive the read
   }
 
@@ -166,20 +200,30 @@ class ReadWorker : public Napi::AsyncWorker {
       if (r != 0) fail(r, got, position_ + got);
       return;
     }
-    const bool aligned = (uintptr_t)dst_ % kDirectAlign == 0 && position_ % kDirectAlign == 0 && length_ % kDirectAlign == 0;
-    if (aligned) {
-      size_t got = 0;
-      const int r = preadFull(fd_, dst_, length_, position_, &got);
-      if (r != 0) fail(r, got, position_ + got);
-      return;
-    }
-    // Covering aligned range [start, end), read through the scratch buffer in chunks.
     const uint64_t want0 = position_, want1 = position_ + length_;
     const uint64_t start = want0 / kDirectAlign * kDirectAlign;
     const uint64_t end = (want1 + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+    // Zero copy: the covering range, placed so that byte `position` lands on dst, is aligned in memory
+    // and inside the region.
+    uint8_t* const cover = dst_ - (want0 - start);
+    if ((uintptr_t)cover % kDirectAlign == 0 && cover >= region_ && cover + (end - start) <= region_ + regionLength_) {
+      size_t got = 0;
+      const int r = preadFull(fd_, cover, (size_t)(end - start), start, &got);
+      // The covering range may run past the end of the file (alignment padding): fine if the wanted bytes are there.
+      if (r > 0 || start + got < want1) {
+        const uint64_t have = std::max<uint64_t>(start + got, want0);
+        fail(r > 0 ? r : -1, (size_t)(have - want0), have);
+        return;
+      }
+      zeroCopyReads.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    // Otherwise through the scratch buffer, in chunks.
+    bouncedReads.fetch_add(1, std::memory_order_relaxed);
+    bouncedBytes.fetch_add(length_, std::memory_order_relaxed);
     const size_t scratchBytes = (size_t)std::min<uint64_t>(end - start, kScratchBytes);
-    void* scratch = nullptr;
-    if (posix_memalign(&scratch, kDirectAlign, scratchBytes) != 0) {
+    uint8_t* scratch = scratchBuffer.get(scratchBytes);
+    if (!scratch) {
       fail(ENOMEM, 0, position_);
       return;
     }
@@ -191,14 +235,12 @@ class ReadWorker : public Napi::AsyncWorker {
       const uint64_t have = at + got;
       const uint64_t need = std::min<uint64_t>(at + chunk, want1);
       if (r > 0 || have < need) {
-        free(scratch);
         fail(r > 0 ? r : -1, (size_t)(std::max(have, want0) - want0), std::max(have, want0));
         return;
       }
       const uint64_t c0 = std::max(at, want0), c1 = std::min<uint64_t>(at + chunk, want1);
-      if (c1 > c0) memcpy(dst_ + (c0 - want0), (uint8_t*)scratch + (c0 - at), (size_t)(c1 - c0));
+      if (c1 > c0) memcpy(dst_ + (c0 - want0), scratch + (c0 - at), (size_t)(c1 - c0));
     }
-    free(scratch);
   }
 
   void OnOK() override {
@@ -239,36 +281,43 @@ class ReadWorker : public Napi::AsyncWorker {
   const uint64_t position_;
   uint8_t* const dst_;
   const size_t length_;
+  uint8_t* const region_;
+  const size_t regionLength_;
   const char* code_ = "EIO";
   int errno_ = 0;
 };
 
-// readInto(fd, position, dst: Uint8Array) -> Promise<number>
-Napi::Value ReadIntoFn(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsTypedArray()) {
-    Napi::TypeError::New(env, "readInto: expected (fd: number, position: number, dst: Uint8Array)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  const int fd = info[0].As<Napi::Number>().Int32Value();
-  const double posD = info[1].As<Napi::Number>().DoubleValue();
-  if (!(posD >= 0 && posD <= 9007199254740991.0) || posD != (double)(uint64_t)posD) {
-    Napi::RangeError::New(env, "readInto: position must be a non-negative integer").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::TypedArray ta = info[2].As<Napi::TypedArray>();
-  if (ta.TypedArrayType() != napi_uint8_array) {
-    Napi::TypeError::New(env, "readInto: dst must be a Uint8Array").ThrowAsJavaScriptException();
-    return env.Undefined();
+// The Uint8Array's data pointer and length; false (with a JS exception pending) if it is not one.
+bool uint8View(Napi::Env env, Napi::Value v, const char* what, uint8_t** data, size_t* length) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Napi::TypeError::New(env, std::string(what) + " must be a Uint8Array").ThrowAsJavaScriptException();
+    return false;
   }
   napi_typedarray_type type;
-  size_t length = 0, byteOffset = 0;
-  void* data = nullptr;
+  size_t byteOffset = 0;
+  void* p = nullptr;
   napi_value buffer;
-  if (napi_get_typedarray_info(env, ta, &type, &length, &data, &buffer, &byteOffset) != napi_ok) {
-    Napi::TypeError::New(env, "readInto: cannot access dst").ThrowAsJavaScriptException();
-    return env.Undefined();
+  if (napi_get_typedarray_info(env, v, &type, length, &p, &buffer, &byteOffset) != napi_ok) {
+    Napi::TypeError::New(env, std::string("cannot access ") + what).ThrowAsJavaScriptException();
+    return false;
   }
+  *data = (uint8_t*)p;
+  return true;
+}
+
+bool nonNegativeInteger(Napi::Env env, Napi::Value v, const char* what, uint64_t* out) {
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != (double)(uint64_t)d) {
+    Napi::RangeError::New(env, std::string(what) + " must be a non-negative integer").ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = (uint64_t)d;
+  return true;
+}
+
+// Queues the read, or returns a rejected promise when fd is not open.
+Napi::Value queueRead(Napi::Env env, int fd, uint64_t position, uint8_t* dst, size_t length, uint8_t* region,
+                      size_t regionLength, Napi::Object keepAlive) {
   OpenFile file;
   {
     std::lock_guard<std::mutex> lock(filesMutex);
@@ -280,10 +329,66 @@ Napi::Value ReadIntoFn(const Napi::CallbackInfo& info) {
     }
     file = it->second;
   }
-  auto* w = new ReadWorker(env, fd, file, (uint64_t)posD, (uint8_t*)data, length, ta);
+  auto* w = new ReadWorker(env, fd, file, position, dst, length, region, regionLength, keepAlive);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
+}
+
+// readInto(fd, position, dst: Uint8Array) -> Promise<number>
+Napi::Value ReadIntoFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "readInto: expected (fd: number, position: number, dst: Uint8Array)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uint64_t position;
+  if (!nonNegativeInteger(env, info[1], "readInto: position", &position)) return env.Undefined();
+  uint8_t* data;
+  size_t length;
+  if (!uint8View(env, info[2], "readInto: dst", &data, &length)) return env.Undefined();
+  return queueRead(env, info[0].As<Napi::Number>().Int32Value(), position, data, length, data, length, info[2].As<Napi::Object>());
+}
+
+// readIntoRegion(fd, position, region: Uint8Array, at, length) -> Promise<number>
+Napi::Value ReadIntoRegionFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[3].IsNumber() || !info[4].IsNumber()) {
+    Napi::TypeError::New(env, "readIntoRegion: expected (fd: number, position: number, region: Uint8Array, at: number, length: number)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uint64_t position, at, length;
+  if (!nonNegativeInteger(env, info[1], "readIntoRegion: position", &position) ||
+      !nonNegativeInteger(env, info[3], "readIntoRegion: at", &at) ||
+      !nonNegativeInteger(env, info[4], "readIntoRegion: length", &length)) return env.Undefined();
+  uint8_t* region;
+  size_t regionLength;
+  if (!uint8View(env, info[2], "readIntoRegion: region", &region, &regionLength)) return env.Undefined();
+  if (at > regionLength || length > regionLength - at) {
+    Napi::RangeError::New(env, "readIntoRegion: [at, at + length) must lie inside region").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return queueRead(env, info[0].As<Napi::Number>().Int32Value(), position, region + at, (size_t)length, region, regionLength,
+                   info[2].As<Napi::Object>());
+}
+
+// pageOffsetOf(view: Uint8Array) -> number: the view's start address mod 4096.
+Napi::Value PageOffsetOfFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* data;
+  size_t length;
+  if (info.Length() < 1 || !uint8View(env, info[0], "pageOffsetOf: view", &data, &length)) return env.Undefined();
+  return Napi::Number::New(env, (double)((uintptr_t)data % kDirectAlign));
+}
+
+Napi::Value IoCountersFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("zeroCopyReads", Napi::Number::New(env, (double)zeroCopyReads.load()));
+  o.Set("bouncedReads", Napi::Number::New(env, (double)bouncedReads.load()));
+  o.Set("bouncedBytes", Napi::Number::New(env, (double)bouncedBytes.load()));
+  return o;
 }
 
 }  // namespace
@@ -292,6 +397,9 @@ void RegisterIo(Napi::Env env, Napi::Object exports) {
   exports.Set("openFile", Napi::Function::New(env, OpenFileFn));
   exports.Set("closeFile", Napi::Function::New(env, CloseFileFn));
   exports.Set("readInto", Napi::Function::New(env, ReadIntoFn));
+  exports.Set("readIntoRegion", Napi::Function::New(env, ReadIntoRegionFn));
+  exports.Set("pageOffsetOf", Napi::Function::New(env, PageOffsetOfFn));
+  exports.Set("ioCounters", Napi::Function::New(env, IoCountersFn));
 }
 
 }  // namespace moe

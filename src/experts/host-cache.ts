@@ -9,15 +9,26 @@ import { EXPERT_MATRICES, type ExpertMatrix } from './locator.js';
 import { SlotAllocator, type Backing, type Slot } from './slab.js';
 import { formatBytes } from './size.js';
 
-/** Each matrix starts on this boundary inside a slot (cache lines / SIMD loads). */
+/** Each matrix starts on this boundary inside a slot (cache lines / SIMD loads) in the compact layout. */
 export const MATRIX_ALIGNMENT = 64;
+
+/**
+ * Block size of direct reads (native/src/io.cc). In the direct-read layout every matrix has a region
+ * of its own, big enough for the block-aligned file range covering it, and sits in that region at an
+ * address congruent to its file offset mod this: O_DIRECT then reads straight into the slot, with no
+ * bounce buffer and no copy (the CPU that copy burns is the compute's).
+ */
+export const DIRECT_READ_ALIGNMENT = 4096;
+/** The direct-read layout is used when its padding costs at most this fraction of the expert's bytes. */
+export const DIRECT_LAYOUT_MAX_OVERHEAD = 0.01;
 
 /** Sizes of the experts, per layer; an ExpertLocator is one. */
 export interface ExpertSizes {
   readonly layers: number;
   readonly expertCount: number;
   hasExperts(layer: number): boolean;
-  expertRange(layer: number, expert: number): Record<ExpertMatrix, { byteLength: number }>;
+  /** offset: the matrix's position in the model file (an ExpertLocator gives it; absent means 0). */
+  expertRange(layer: number, expert: number): Record<ExpertMatrix, { byteLength: number; offset?: number }>;
 }
 
 /** Experts of one size in every layer (for simulations and tests). */
@@ -32,13 +43,21 @@ export function expertKey(layer: number, expert: number, expertCount: number): n
 
 /** Where the three matrices sit inside a slot, relative to the slot's start. */
 export interface SlotLayout {
+  /** Compact layout: where each matrix is. Direct-read layout: where it is when its file offset and the
+   * slot's address are multiples of DIRECT_READ_ALIGNMENT (HostCache places each entry's matrices). */
   readonly matrices: Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  /** Direct-read layout only: each matrix's region, before the slot's shift to an aligned address. */
+  readonly regions?: Record<ExpertMatrix, { offset: number; byteLength: number }>;
   /** Expert bytes (the three matrices, no padding). */
   readonly expertBytes: number;
-  /** Bytes the layout spans, padded to MATRIX_ALIGNMENT. */
+  /** Bytes the layout spans: padded to MATRIX_ALIGNMENT (compact), or to DIRECT_READ_ALIGNMENT plus
+   * one block per region and one for the shift (direct-read). */
   readonly slotBytes: number;
 }
 
+const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to;
+
+/** The direct-read layout where its padding is cheap (DIRECT_LAYOUT_MAX_OVERHEAD), else the compact one. */
 export function slotLayout(sizes: Record<ExpertMatrix, { byteLength: number }>): SlotLayout {
   let at = 0;
   let expertBytes = 0;
@@ -47,9 +66,24 @@ export function slotLayout(sizes: Record<ExpertMatrix, { byteLength: number }>):
     const byteLength = sizes[m].byteLength;
     matrices[m] = { offset: at, byteLength };
     expertBytes += byteLength;
-    at += Math.ceil(byteLength / MATRIX_ALIGNMENT) * MATRIX_ALIGNMENT;
+    at += roundUp(byteLength, MATRIX_ALIGNMENT);
   }
-  return { matrices, expertBytes, slotBytes: Math.max(at, MATRIX_ALIGNMENT) };
+  const compact: SlotLayout = { matrices, expertBytes, slotBytes: Math.max(at, MATRIX_ALIGNMENT) };
+  // Direct-read layout: [shift < A][gate region][up region][down region], each region a whole number
+  // of blocks with one block to spare, so the covering range of a matrix at any file offset fits.
+  const A = DIRECT_READ_ALIGNMENT;
+  let r = 0;
+  const regions = {} as Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  const direct = {} as Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  for (const m of EXPERT_MATRICES) {
+    const byteLength = sizes[m].byteLength;
+    regions[m] = { offset: r, byteLength: roundUp(byteLength, A) + A };
+    direct[m] = { offset: r, byteLength };
+    r += regions[m].byteLength;
+  }
+  const slotBytes = A + r;
+  if (expertBytes === 0 || slotBytes - compact.slotBytes > DIRECT_LAYOUT_MAX_OVERHEAD * expertBytes) return compact;
+  return { matrices: direct, regions, expertBytes, slotBytes };
 }
 
 /** Each layer's slot layout (from its expert 0: a layer's experts are all one size); undefined for a dense layer. */
@@ -82,6 +116,9 @@ export interface HostEntry {
   readonly slot: Slot;
   /** Absolute byte ranges inside slot.buffer. */
   readonly ranges: Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  /** Direct-read layout only: each matrix's region inside slot.buffer (absolute), which holds its range
+   * and the block-aligned file range covering it (what a loader may fill with PositionedFile.readIntoRegion). */
+  readonly regions?: Record<ExpertMatrix, { offset: number; byteLength: number }>;
 }
 
 /** A view of one matrix's bytes in the shared slab (no copy). Throws for an accounting-only cache. */
@@ -99,15 +136,32 @@ export function slotView(entry: HostEntry): Uint8Array {
 
 class Entry implements HostEntry {
   readonly ranges: Record<ExpertMatrix, { offset: number; byteLength: number }>;
+  readonly regions?: Record<ExpertMatrix, { offset: number; byteLength: number }>;
   /** Pins held; an entry with pins > 0 is never evicted. */
   pins = 0;
   loaded = false;
   /** Settles when the load does; rejects (and the entry is gone) when the load fails. */
   ready: Promise<void> = Promise.resolve();
-  constructor(readonly key: number, readonly layer: number, readonly expert: number, readonly slot: Slot, layout: SlotLayout) {
+  constructor(readonly key: number, readonly layer: number, readonly expert: number, readonly slot: Slot, layout: SlotLayout,
+    fileRange: () => Record<ExpertMatrix, { offset?: number }>) {
     const r = {} as Record<ExpertMatrix, { offset: number; byteLength: number }>;
-    for (const m of EXPERT_MATRICES) r[m] = { offset: slot.offset + layout.matrices[m].offset, byteLength: layout.matrices[m].byteLength };
+    if (!layout.regions) {
+      for (const m of EXPERT_MATRICES) r[m] = { offset: slot.offset + layout.matrices[m].offset, byteLength: layout.matrices[m].byteLength };
+      this.ranges = r;
+      return;
+    }
+    // Shift the regions to an aligned address, then put each matrix at its file offset mod the block.
+    const A = DIRECT_READ_ALIGNMENT;
+    const base = slot.offset + (A - (slot.pageOffset + slot.offset) % A) % A;
+    const file = fileRange();
+    const g = {} as Record<ExpertMatrix, { offset: number; byteLength: number }>;
+    for (const m of EXPERT_MATRICES) {
+      const region = layout.regions[m];
+      g[m] = { offset: base + region.offset, byteLength: region.byteLength };
+      r[m] = { offset: base + region.offset + (file[m].offset ?? 0) % A, byteLength: layout.matrices[m].byteLength };
+    }
     this.ranges = r;
+    this.regions = g;
   }
 }
 
@@ -146,6 +200,7 @@ export class HostCache {
   /** Every slot has this size: the largest padded expert over all layers. */
   readonly slotBytes: number;
   private readonly layouts: (SlotLayout | undefined)[];
+  private readonly experts: ExpertSizes;
   private readonly allocator: SlotAllocator;
   // Holds every resident and loading entry. Its size-based eviction never fires: takeSlot() makes
   // room first, and maxSize = allocator.maxSlots * slotBytes. dispose returns the slot to the allocator.
@@ -158,6 +213,7 @@ export class HostCache {
     this.budgetBytes = opts.budgetBytes;
     this.backing = opts.backing ?? 'shared';
     this.expertCount = experts.expertCount;
+    this.experts = experts;
     this.layouts = layerLayouts(experts);
     const slotBytes = largestSlot(this.layouts);
     if (slotBytes === 0) throw new RangeError('no layer has experts');
@@ -263,7 +319,7 @@ export class HostCache {
       return { entry: found, hit: true };
     }
     const slot = this.takeSlot(layer);
-    const entry = new Entry(key, layer, expert, slot, layout);
+    const entry = new Entry(key, layer, expert, slot, layout, () => this.experts.expertRange(layer, expert));
     this.lru.set(key, entry);
     c.misses++;
     this.totals.misses++;

@@ -1,5 +1,7 @@
 // Fills a RAM-cache entry from the model file: the expert's three matrices (three separate ranges,
-// one per stacked tensor) read in parallel by the native addon straight into the entry's slot.
+// one per stacked tensor) read in parallel by the native addon straight into the entry's slot. When the
+// slot has the direct-read layout (entry.regions), each read gets its matrix's whole region, so that an
+// O_DIRECT read lands in the slot without a bounce buffer and a copy (PositionedFile.readIntoRegion).
 import { FileAccessError } from '../model/errors.js';
 import type { PositionedFile } from '../native/io.js';
 import { matrixView, type HostEntry } from './host-cache.js';
@@ -26,6 +28,11 @@ export class ExpertReader {
         throw new Error(`slot for layer ${entry.layer} expert ${entry.expert} ${m} holds ${dst.byteLength} bytes, the file range ${range[m].byteLength}`);
       }
       bytes += dst.byteLength;
+      const region = entry.regions?.[m];
+      if (region && entry.slot.buffer) {
+        const at = entry.ranges[m].offset - region.offset;
+        return this.file.readIntoRegion(range[m].offset, new Uint8Array(entry.slot.buffer, region.offset, region.byteLength), at, dst.byteLength);
+      }
       return this.file.readInto(range[m].offset, dst);
     });
     const settled = await Promise.allSettled(reads); // never leave a read writing into a slot we gave up

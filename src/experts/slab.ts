@@ -4,6 +4,7 @@
 // past the budget. With backing 'none' nothing is allocated but every count is kept the same way, so a
 // simulation makes exactly the decisions a live run makes.
 import { UsageError } from '../model/errors.js';
+import { pageOffsetOf } from '../native/io.js';
 import { formatBytes } from './size.js';
 
 export type Backing = 'shared' | 'none';
@@ -15,6 +16,8 @@ export interface Slot {
   readonly buffer: SharedArrayBuffer | null;
   readonly offset: number;
   readonly byteLength: number;
+  /** The buffer's start address mod 4096 (0 when there is no buffer): where direct reads can land without a copy. */
+  readonly pageOffset: number;
 }
 
 export const DEFAULT_SLAB_BYTES = 64 * 2 ** 20;
@@ -90,6 +93,7 @@ export class SlotAllocator {
     const count = Math.min(this.slotsPerSlab, this.maxSlots - this.slots.length);
     const bytes = count * this.slotBytes;
     let buffer: SharedArrayBuffer | null = null;
+    let pageOffset = 0;
     if (this.backing === 'shared') {
       try {
         buffer = new SharedArrayBuffer(bytes);
@@ -98,12 +102,13 @@ export class SlotAllocator {
           'give a smaller --ram-cache');
       }
       this.sharedBytes += bytes;
+      pageOffset = pageOffsetOf(new Uint8Array(buffer, 0, 1));
     }
     this.slabs++;
     // Push in reverse so the stack hands out the slab's slots in address order.
     const first = this.slots.length;
     for (let i = 0; i < count; i++) {
-      this.slots.push({ index: first + i, buffer, offset: i * this.slotBytes, byteLength: this.slotBytes });
+      this.slots.push({ index: first + i, buffer, offset: i * this.slotBytes, byteLength: this.slotBytes, pageOffset });
     }
     for (let i = count - 1; i >= 0; i--) {
       this.free.push(first + i);

@@ -6,6 +6,29 @@ import { native } from './index.js';
 
 interface NativeIoError extends Error { code?: string; errno?: number }
 
+/** Direct reads so far in this process: straight into the caller's memory, or through a scratch buffer and a copy. */
+export interface IoCounters { zeroCopyReads: number; bouncedReads: number; bouncedBytes: number }
+
+/** The addon's region reads (native/src/io.cc); declared here, next to their only caller. */
+interface RegionIo {
+  readIntoRegion(fd: number, position: number, region: Uint8Array, at: number, length: number): Promise<number>;
+  pageOffsetOf(view: Uint8Array): number;
+  ioCounters(): IoCounters;
+}
+const regionIo = (): RegionIo => native() as unknown as RegionIo;
+
+/** Block size O_DIRECT reads are aligned to (native/src/io.cc kDirectAlign). */
+export const DIRECT_IO_ALIGNMENT = 4096;
+
+/** The view's start address mod DIRECT_IO_ALIGNMENT (SharedArrayBuffers are not page-aligned in general). */
+export function pageOffsetOf(view: Uint8Array): number {
+  return regionIo().pageOffsetOf(view);
+}
+
+export function ioCounters(): IoCounters {
+  return regionIo().ioCounters();
+}
+
 const DIRECT_HINT = 'run without --direct-io (the page cache will be used)';
 
 function toFileError(err: unknown, hint?: string): FileAccessError {
@@ -46,6 +69,22 @@ export class PositionedFile {
     if (this.fd === undefined) throw new FileAccessError(`read from ${this.path} after it was closed`);
     try {
       await native().readInto(this.fd, position, dst);
+    } catch (err) {
+      throw toFileError(err);
+    }
+  }
+
+  /**
+   * Fills region[at, at + length) with the file's bytes from `position`. With direct I/O the rest of
+   * `region` is scratch space: when the block-aligned range covering the wanted bytes, placed so that
+   * `position` lands at region[at], is aligned in memory and fits inside region, the read goes straight
+   * there (no copy; bytes of region outside [at, at + length) get neighbouring file bytes). Otherwise,
+   * and without direct I/O, it is readInto(position, region.subarray(at, at + length)).
+   */
+  async readIntoRegion(position: number, region: Uint8Array, at: number, length: number): Promise<void> {
+    if (this.fd === undefined) throw new FileAccessError(`read from ${this.path} after it was closed`);
+    try {
+      await regionIo().readIntoRegion(this.fd, position, region, at, length);
     } catch (err) {
       throw toFileError(err);
     }
