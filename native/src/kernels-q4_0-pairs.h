@@ -24,7 +24,9 @@ namespace Q4P_NS {
 constexpr int GROUP_ORDER[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 // Software prefetch, per row, this many bytes ahead of the group being read, into L2 (measured on Zen 4,
 // one thread: without it the hardware prefetcher alone leaves the kernel near half the read bandwidth;
-// for 4-row tiles of short rows 8 KiB into L2 beat 4 KiB into L1 by about 10%).
+// for 4-row tiles of short rows 8 KiB into L2 beat 4 KiB into L1 by about 10%). Also measured at 1024
+// values per row, all worse: 6, 12, 16, 24 KiB; T0 or NTA at 8 KiB (about half the speed); an extra T0
+// prefetch 1-2 KiB ahead; prefetching only lines that start in the window, or only 2 lines per group.
 constexpr int PREFETCH_AHEAD = 8192;
 constexpr int LONG_ROW = 4096;  // values
 
