@@ -13,7 +13,8 @@ import { ExpertPool, type BatchExpert, type MatrixInSlab } from '../src/experts/
 import { HostCache, minimumBudget, slotBytesOf, type HostEntry } from '../src/experts/host-cache.js';
 import { ExpertReader } from '../src/experts/reader.js';
 import { GGUFFile } from '../src/model/gguf.js';
-import { PositionedFile } from '../src/native/io.js';
+import { PositionedFile, ioCounters, traceReads, type TracedRead } from '../src/native/io.js';
+import { ExpertDispatcher } from '../src/experts/dispatcher.js';
 import { mulberry32 } from '../src/engine/prng.js';
 import { ensureOffloadModel, freeDiskBytes, modelPath, OLMOE_LIKE, OLMOE_LIKE_QUICK, type OffloadModelShape } from './offload-model.js';
 import { randomFloats } from './random.js';
@@ -41,14 +42,17 @@ export interface OffloadSettings {
   kernelExperts: number;
   /** Experts read by each per-row bandwidth probe (one right before and one right after each decode row). */
   rowProbeExperts: number;
+  /** Direct-I/O rows at this RAM cache percent decode `timelineTokens` more tokens, timed layer by layer. */
+  timelinePercent: number;
+  timelineTokens: number;
 }
 
 export function defaultOffloadSettings(quick: boolean): OffloadSettings {
   return quick
     ? { quick, shape: OLMOE_LIKE_QUICK, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [],
-      warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16 }
+      warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16, timelinePercent: 50, timelineTokens: 2 }
     : { quick, shape: OLMOE_LIKE, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [50, 25],
-      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 40 };
+      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 40, timelinePercent: 50, timelineTokens: 4 };
 }
 
 export interface ReadBandwidth {
@@ -81,6 +85,119 @@ export interface DecodeRow {
   rowReadGbps: { before: number; after: number; combined: number };
   /** The read bound from the bandwidth measured once before all rows (the old figure), for comparison. */
   readBoundMsGlobalBandwidth: number;
+  /** Direct reads of this row that landed in the slot without a copy, and those that went through a scratch buffer. */
+  directReads: { zeroCopy: number; bounced: number };
+  /** Extra tokens decoded after the timed ones with every layer and read timed (the timelinePercent direct row). */
+  timeline?: TokenTimeline[];
+}
+
+/** One decode token, times in ms from its start. Reads: when each ran on a pool thread (not when queued). */
+export interface TokenTimeline {
+  ms: number;
+  layers: { layer: number; routedMs: number; endMs: number; reads: { startMs: number; endMs: number; bytes: number }[];
+    workerTasks: { startMs: number; endMs: number }[] }[];
+  /** Wall time with no read running, and where it falls. */
+  diskIdle: {
+    totalMs: number;
+    /** Outside the expert stages: attention, norms, routers (before layer 0's routing, between layers, after the last). */
+    betweenLayersMs: number;
+    /** In an expert stage before its first read ran. */
+    beforeFirstReadMs: number;
+    /** In an expert stage between reads (no read running though more were to come). */
+    gapsMs: number;
+    /** In an expert stage after its last read ended (computing the last misses). */
+    afterLastReadMs: number;
+    /** Expert stages that read nothing. */
+    noReadStagesMs: number;
+  };
+  /** Reads running at once, averaged over the time any ran (the device queue depth the decode keeps). */
+  meanReadsInFlight: number;
+}
+
+/** Length of the union of the intervals (ms). */
+function unionMs(iv: { startMs: number; endMs: number }[]): number {
+  const sorted = [...iv].sort((a, b) => a.startMs - b.startMs);
+  let total = 0, curS = -Infinity, curE = -Infinity;
+  for (const { startMs, endMs } of sorted) {
+    if (startMs > curE) { if (curE > curS) total += curE - curS; curS = startMs; curE = endMs; } else curE = Math.max(curE, endMs);
+  }
+  if (curE > curS) total += curE - curS;
+  return total;
+}
+
+function tokenTimeline(ms: number, layers: TokenTimeline['layers']): TokenTimeline {
+  const reads = layers.flatMap((l) => l.reads);
+  const busy = unionMs(reads);
+  let inStages = 0, beforeFirst = 0, gaps = 0, afterLast = 0, noRead = 0;
+  for (const l of layers) {
+    const stage = l.endMs - l.routedMs;
+    inStages += stage;
+    if (l.reads.length === 0) { noRead += stage; continue; }
+    const first = Math.min(...l.reads.map((r) => r.startMs)), last = Math.max(...l.reads.map((r) => r.endMs));
+    beforeFirst += Math.max(0, first - l.routedMs);
+    afterLast += Math.max(0, l.endMs - last);
+    gaps += Math.max(0, (last - first) - unionMs(l.reads));
+  }
+  const sumReads = reads.reduce((a, r) => a + r.endMs - r.startMs, 0);
+  return {
+    ms, layers,
+    diskIdle: { totalMs: ms - busy, betweenLayersMs: ms - inStages, beforeFirstReadMs: beforeFirst, gapsMs: gaps, afterLastReadMs: afterLast, noReadStagesMs: noRead },
+    meanReadsInFlight: busy > 0 ? sumReads / busy : 0,
+  };
+}
+
+const hrMs = (): number => Number(process.hrtime.bigint()) / 1e6;
+
+/** Decodes `tokens` tokens with the dispatcher's layers, the pool's tasks and the native reads timed. */
+async function recordTimeline(tokens: number, decode: () => Promise<void>): Promise<TokenTimeline[]> {
+  const dispatcherProto = ExpertDispatcher.prototype;
+  const poolProto = ExpertPool.prototype;
+  const runExperts = dispatcherProto.runExperts;
+  const runBatch = poolProto.runBatch;
+  let layers: TokenTimeline['layers'] = [];
+  dispatcherProto.runExperts = async function (this: ExpertDispatcher, ...args: Parameters<typeof runExperts>) {
+    const rec = { layer: args[0], routedMs: hrMs(), endMs: 0, reads: [], workerTasks: [] };
+    layers.push(rec);
+    try {
+      return await runExperts.apply(this, args);
+    } finally {
+      rec.endMs = hrMs();
+    }
+  };
+  poolProto.runBatch = function (this: ExpertPool, ...args: Parameters<typeof runBatch>) {
+    const rec = { startMs: hrMs(), endMs: 0 };
+    layers.at(-1)?.workerTasks.push(rec);
+    const p = runBatch.apply(this, args);
+    void p.then(() => { rec.endMs = hrMs(); }, () => { rec.endMs = hrMs(); });
+    return p;
+  };
+  const out: TokenTimeline[] = [];
+  try {
+    for (let t = 0; t < tokens; t++) {
+      layers = [];
+      traceReads(true);
+      const t0 = hrMs();
+      await decode();
+      const t1 = hrMs();
+      const reads: TracedRead[] = traceReads(false);
+      // Each read belongs to the last layer routed before it ran (nothing is read ahead of its layer).
+      for (const r of reads) {
+        const owner = [...layers].reverse().find((l) => l.routedMs <= r.startMs) ?? layers[0];
+        owner?.reads.push(r);
+      }
+      const rel = (v: number) => v - t0;
+      out.push(tokenTimeline(t1 - t0, layers.map((l) => ({
+        layer: l.layer, routedMs: rel(l.routedMs), endMs: rel(l.endMs),
+        reads: l.reads.map((r) => ({ startMs: rel(r.startMs), endMs: rel(r.endMs), bytes: r.bytes })),
+        workerTasks: l.workerTasks.map((w) => ({ startMs: rel(w.startMs), endMs: rel(w.endMs || t1) })),
+      }))));
+    }
+  } finally {
+    traceReads(false);
+    dispatcherProto.runExperts = runExperts;
+    poolProto.runBatch = runBatch;
+  }
+  return out;
 }
 
 export interface OffloadBenchResult {
@@ -323,6 +440,7 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: 
     let logits = await seq.eval(prompt, { lastOnly: true });
     const promptMs = performance.now() - t0;
     const timed: TokenDelta[] = [];
+    const io0 = ioCounters();
     for (let i = 0; i < s.warmupTokens + s.timedTokens; i++) {
       const token = sampler.sample(logits);
       const before = model.expertStats()!;
@@ -330,6 +448,13 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: 
       logits = await seq.eval([token], { lastOnly: true });
       const ms = performance.now() - t0;
       if (i >= s.warmupTokens) timed.push(delta(before, model.expertStats()!, ms));
+    }
+    const io1 = ioCounters();
+    let timeline: TokenTimeline[] | undefined;
+    if (io === 'direct' && percent === s.timelinePercent && s.timelineTokens > 0) {
+      timeline = await recordTimeline(s.timelineTokens, async () => {
+        logits = await seq.eval([sampler.sample(logits)], { lastOnly: true });
+      });
     }
     const n = timed.length;
     const sum = (k: keyof TokenDelta) => timed.reduce((a, t) => a + t[k], 0);
@@ -340,6 +465,8 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: 
       hitRate: sum('hits') / Math.max(1, sum('hits') + sum('misses')),
       bytesReadPerToken: sum('bytesRead') / n, stallMsPerToken: sum('stallMs') / n,
       expertWallMsPerToken: sum('wallMs') / n, computeMsPerToken: sum('computeMs') / n,
+      directReads: { zeroCopy: io1.zeroCopyReads - io0.zeroCopyReads, bounced: io1.bouncedReads - io0.bouncedReads },
+      ...(timeline ? { timeline } : {}),
     };
   } finally {
     await model.close();
@@ -455,6 +582,16 @@ export function offloadTable(r: OffloadBenchResult): string {
   lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN compute time summed over the threads');
   lines.push('computing experts (workers, and the main thread\'s share with 2+ threads); other ms = ms/tok - experts ms (attention, norms,');
   lines.push('routers, output, on the main thread)');
+  for (const x of r.rows) {
+    if (!x.timeline?.length) continue;
+    const n = x.timeline.length;
+    const avg = (g: (t: TokenTimeline) => number) => f(x.timeline!.reduce((a, t) => a + g(t), 0) / n, 1);
+    lines.push(`timeline, ${x.ramCachePercent}% ${x.io}, ${n} extra tokens (ms/token, reads timed on the pool threads): ${avg((t) => t.ms)} ms, disk idle ${avg((t) => t.diskIdle.totalMs)} ms =`);
+    lines.push(`  between expert stages (attention, norms, routers) ${avg((t) => t.diskIdle.betweenLayersMs)} + stages without reads ${avg((t) => t.diskIdle.noReadStagesMs)}`
+      + ` + routing->first read ${avg((t) => t.diskIdle.beforeFirstReadMs)} + gaps between reads ${avg((t) => t.diskIdle.gapsMs)} + last read->stage end ${avg((t) => t.diskIdle.afterLastReadMs)};`
+      + ` reads in flight while reading ${avg((t) => t.meanReadsInFlight)}`);
+    lines.push(`  direct reads in the timed tokens: ${x.directReads.zeroCopy} into the slot, ${x.directReads.bounced} through a scratch buffer`);
+  }
   lines.push(`offload part took ${f(r.seconds, 1)} s; load average ${f(r.loadAverage.before)} before, ${f(r.loadAverage.after)} after (${r.threads} cores; others' load slows every number)`);
   return `${lines.join('\n')}\n`;
 }

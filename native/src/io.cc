@@ -11,6 +11,10 @@
 //   pageOffsetOf(view) -> number         the view's start address mod 4096 (where a slot must put a
 //                                        matrix so that O_DIRECT can land in it)
 //   ioCounters() -> {zeroCopyReads, bouncedReads, bouncedBytes}   direct reads so far, process-wide
+//   traceReads(on) -> Float64Array     starts (on) or stops recording when each read ran on its pool
+//                                        thread; returns what was recorded since the last call as
+//                                        [startNs, endNs, bytes]* on the CLOCK_MONOTONIC clock that
+//                                        process.hrtime.bigint() reads (for the offload bench's timeline)
 //
 // O_DIRECT needs the file position, the length and the memory address to be multiples of the device's
 // logical block size. Expert ranges inside a GGUF file are only 32-byte aligned, so rather than asking
@@ -26,6 +30,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,6 +39,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace moe {
 namespace {
@@ -63,6 +69,16 @@ struct Scratch {
   }
 };
 thread_local Scratch scratchBuffer;
+
+std::atomic<bool> tracing{false};
+std::mutex traceMutex;
+std::vector<double> traceRecords;
+
+double monotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
 
 // fd -> what was opened, for error messages and the direct flag. Worker threads have their own JS
 // environments but share this process-wide table.
@@ -193,6 +209,15 @@ class ReadWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
+    if (!tracing.load(std::memory_order_relaxed)) return Read();
+    const double t0 = monotonicNs();
+    Read();
+    const double t1 = monotonicNs();
+    std::lock_guard<std::mutex> lock(traceMutex);
+    traceRecords.insert(traceRecords.end(), {t0, t1, (double)length_});
+  }
+
+  void Read() {
     if (length_ == 0) return;
     if (!direct_) {
       size_t got = 0;
@@ -382,6 +407,19 @@ Napi::Value PageOffsetOfFn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, (double)((uintptr_t)data % kDirectAlign));
 }
 
+Napi::Value TraceReadsFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  tracing.store(info.Length() > 0 && info[0].ToBoolean().Value());
+  std::vector<double> taken;
+  {
+    std::lock_guard<std::mutex> lock(traceMutex);
+    taken.swap(traceRecords);
+  }
+  Napi::Float64Array out = Napi::Float64Array::New(env, taken.size());
+  if (!taken.empty()) memcpy(out.Data(), taken.data(), taken.size() * sizeof(double));
+  return out;
+}
+
 Napi::Value IoCountersFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -400,6 +438,7 @@ void RegisterIo(Napi::Env env, Napi::Object exports) {
   exports.Set("readIntoRegion", Napi::Function::New(env, ReadIntoRegionFn));
   exports.Set("pageOffsetOf", Napi::Function::New(env, PageOffsetOfFn));
   exports.Set("ioCounters", Napi::Function::New(env, IoCountersFn));
+  exports.Set("traceReads", Napi::Function::New(env, TraceReadsFn));
 }
 
 }  // namespace moe

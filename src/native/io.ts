@@ -14,6 +14,7 @@ interface RegionIo {
   readIntoRegion(fd: number, position: number, region: Uint8Array, at: number, length: number): Promise<number>;
   pageOffsetOf(view: Uint8Array): number;
   ioCounters(): IoCounters;
+  traceReads(on: boolean): Float64Array;
 }
 const regionIo = (): RegionIo => native() as unknown as RegionIo;
 
@@ -27,6 +28,21 @@ export function pageOffsetOf(view: Uint8Array): number {
 
 export function ioCounters(): IoCounters {
   return regionIo().ioCounters();
+}
+
+/** When one read ran on a pool thread, in ms on the clock of process.hrtime.bigint() / 1e6. */
+export interface TracedRead { startMs: number; endMs: number; bytes: number }
+
+/**
+ * Starts (on) or stops recording when each read runs on libuv's pool (not when it was queued) and
+ * returns the reads recorded since the last call (for timelines; off by default, costs a clock read
+ * and a lock per read while on).
+ */
+export function traceReads(on: boolean): TracedRead[] {
+  const raw = regionIo().traceReads(on);
+  const out: TracedRead[] = [];
+  for (let i = 0; i + 2 < raw.length; i += 3) out.push({ startMs: raw[i]! / 1e6, endMs: raw[i + 1]! / 1e6, bytes: raw[i + 2]! });
+  return out;
 }
 
 const DIRECT_HINT = 'run without --direct-io (the page cache will be used)';
