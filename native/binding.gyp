@@ -10,7 +10,8 @@
         "src/kernels-avx512.cc",
         "src/io.cc",
         "src/thread-pool.cc",
-        "src/attention.cc"
+        "src/attention.cc",
+        "src/moe-combine.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

@@ -1,10 +1,13 @@
 // The native causal attention and SwiGLU (native/src/attention.cc) against their plain TypeScript
-// references (causalAttentionReference, silu), on both kernel paths, plus argument checking.
+// references (causalAttentionReference, silu), on both kernel paths, plus argument checking; attention
+// split over threads (bit-identical for any count); the MoE combine (native/src/moe-combine.cc) against
+// moeCombineReference bit for bit.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { causalAttention, causalAttentionReference, type AttentionShape } from '../src/engine/attention.js';
 import { silu } from '../src/experts/ffn.js';
-import { native, setKernelPath, swiglu, cpuFeatures } from '../src/native/index.js';
+import { native, setKernelPath, swiglu, cpuFeatures, sumBytes, parkThreads, moeCombine } from '../src/native/index.js';
+import { moeCombineReference } from '../src/engine/moe-layer.js';
 import { mulberry32 } from '../src/engine/prng.js';
 
 function randomFloats(count: number, seed: number, scale = 1): Float32Array {
@@ -185,4 +188,118 @@ test('native causalAttention and swiglu reject bad arguments with TypeError/Rang
   assert.throws(() => a.swiglu(f(4), f(2), 4), { name: 'RangeError', message: /u has 2 values/ });
   assert.throws(() => a.swiglu(f(4), f(4), -1), { name: 'RangeError', message: /n must be/ });
   assert.throws(() => a.swiglu(f(4), f(4), NaN), { name: 'RangeError', message: /n must be/ });
+});
+
+// Sizes past the native threshold for using more threads (512 KiB of K/V read per extra thread), so
+// that 2..4 threads really split the heads.
+test('native causal attention gives the same bits for 1..4 threads, hot and with the K/V cold, and after the pool sleeps', () => {
+  const cases = [
+    { shape: { nHead: 16, nHeadKv: 16, headDim: 128 }, start: 199, nTokens: 1 },   // 3.2 MB: up to 6 threads
+    { shape: { nHead: 8, nHeadKv: 2, headDim: 128 }, start: 300, nTokens: 1 },    // GQA group 4
+    { shape: { nHead: 6, nHeadKv: 3, headDim: 72 }, start: 40, nTokens: 37 },     // a prefill batch, odd dims
+    { shape: { nHead: 4, nHeadKv: 1, headDim: 40 }, start: 3, nTokens: 2 },       // below the threshold
+  ];
+  const streamed = new Uint8Array(64 << 20).fill(1);  // read between calls so the K/V come from DRAM (filled: untouched pages would all be the one zero page)
+  let seed = 500;
+  for (const { shape, start, nTokens } of cases) {
+    const positions = start + nTokens;
+    const q = randomFloats(nTokens * shape.nHead * shape.headDim, seed++, 4);
+    const keys = randomFloats(positions * shape.nHeadKv * shape.headDim, seed++);
+    const values = randomFloats(positions * shape.nHeadKv * shape.headDim, seed++);
+    const expected = causalAttentionReference(q, keys, values, start, nTokens, shape, new Float32Array(q.length));
+    eachPath(() => {
+      const one = causalAttention(q, keys, values, start, nTokens, shape, new Float32Array(q.length), 1);
+      assertAttentionClose(one, expected, `1 thread ${shape.nHead}x${shape.headDim}`);
+      for (const threads of [2, 3, 4]) {
+        for (const mode of ['hot', 'cold', 'parked']) {
+          if (mode === 'cold') sumBytes(streamed);
+          if (mode === 'parked') parkThreads();
+          const out = causalAttention(q, keys, values, start, nTokens, shape, new Float32Array(q.length), threads);
+          assert.deepEqual(new Uint32Array(out.buffer), new Uint32Array(one.buffer),
+            `${threads} threads (${mode}) differ from 1 thread, ${shape.nHead}x${shape.headDim} at ${start}+${nTokens}`);
+        }
+      }
+    });
+  }
+});
+
+test('native causalAttention rejects a bad thread count', () => {
+  const f = (n: number) => new Float32Array(n);
+  const a = native();
+  for (const bad of [0, -1, 1.5, 257, NaN]) {
+    assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, 8, f(64), bad), { name: 'RangeError', message: /threads/ });
+  }
+});
+
+// Random routing like the MoE layer's: every token picks k distinct experts with weights in (0, 1)
+// (some exactly 1, some tiny), each used expert's outputs are rows of one buffer in job order.
+function randomCombine(nTokens: number, k: number, nEmbd: number, seed: number) {
+  const next = mulberry32(seed);
+  const nExpert = k + 1 + Math.floor(next() * 8);
+  const rowsOf: number[][] = Array.from({ length: nExpert }, () => []);  // rowsOf[e] = (t * k + slot) it serves
+  const weights = new Float32Array(nTokens * k);
+  for (let t = 0; t < nTokens; t++) {
+    const experts = Array.from({ length: nExpert }, (_, e) => e).sort(() => next() - 0.5).slice(0, k);
+    experts.forEach((e, slot) => {
+      rowsOf[e]!.push(t * k + slot);
+      const r = next();
+      weights[t * k + slot] = r < 0.05 ? 1 : r < 0.1 ? 1e-30 * next() : next();
+    });
+  }
+  const pad = 3;  // rows start past some unrelated values, as in a shared output buffer
+  const ys = randomFloats(pad + nTokens * k * nEmbd, seed + 1, 50);
+  const offsets = new Int32Array(nTokens * k);
+  let row = 0;
+  for (const slots of rowsOf) for (const s of slots) offsets[s] = pad + nEmbd * row++;
+  return { ys, offsets, weights };
+}
+
+test('native moeCombine equals moeCombineReference bit for bit (k 1..8, 1..37 tokens, widths around the vector size)', () => {
+  let seed = 900;
+  for (const k of [1, 2, 3, 4, 5, 6, 7, 8]) {
+    for (const nTokens of [1, 2, 5, 37]) {
+      for (const nEmbd of [1, 7, 8, 9, 64, 131]) {
+        const { ys, offsets, weights } = randomCombine(nTokens, k, nEmbd, seed += 2);
+        const expected = moeCombineReference(ys, offsets, weights, nTokens, k, nEmbd, new Float32Array(nTokens * nEmbd));
+        eachPath(() => {
+          const out = new Float32Array(nTokens * nEmbd + 2).fill(42);
+          moeCombine(ys, offsets, weights, nTokens, k, nEmbd, out);
+          assert.deepEqual(new Uint32Array(out.buffer, 0, nTokens * nEmbd), new Uint32Array(expected.buffer),
+            `k ${k} tokens ${nTokens} nEmbd ${nEmbd}`);
+          assert.deepEqual([out[nTokens * nEmbd], out[nTokens * nEmbd + 1]], [42, 42], 'wrote past the rows');
+        });
+      }
+    }
+  }
+});
+
+test('moeCombineReference rounds each product and each sum to f32, in selection order', () => {
+  // Hand-computed: slot order matters in f32: (2^24 + 1) + (-2^24) = 0 after rounding 2^24 + 1 to 2^24,
+  // while (-2^24) + 1 + 2^24 = 1 (exact). Products: 3 * 1/3 rounds in f32 (0x3f800000 exactly 1).
+  const ys = new Float32Array([2 ** 24, 1, -(2 ** 24), 3]);
+  const w = new Float32Array([1, 1, 1]);
+  const out = new Float32Array(1);
+  moeCombineReference(ys, new Int32Array([0, 1, 2]), w, 1, 3, 1, out);
+  assert.equal(out[0], 0);
+  moeCombineReference(ys, new Int32Array([2, 1, 0]), w, 1, 3, 1, out);
+  assert.equal(out[0], 1);
+  moeCombine(ys, new Int32Array([2, 1, 0]), w, 1, 3, 1, out);
+  assert.equal(out[0], 1);
+  moeCombine(ys, new Int32Array([0, 1, 2]), w, 1, 3, 1, out);
+  assert.equal(out[0], 0);
+  moeCombine(ys, new Int32Array([3]), new Float32Array([1 / 3]), 1, 1, 1, out);
+  assert.equal(out[0], Math.fround(3 * Math.fround(1 / 3)));
+});
+
+test('native moeCombine rejects bad arguments, rows outside ys included', () => {
+  const f = (n: number) => new Float32Array(n);
+  const a = native();
+  a.moeCombine(f(8), new Int32Array([0, 4]), f(2), 1, 2, 4, f(4));
+  assert.throws(() => (a.moeCombine as (...x: unknown[]) => void)(f(8)), TypeError);
+  assert.throws(() => a.moeCombine(f(8), new Uint32Array(2) as unknown as Int32Array, f(2), 1, 2, 4, f(4)), { name: 'TypeError', message: /offsets must be an Int32Array/ });
+  assert.throws(() => a.moeCombine(f(8), new Int32Array([0, 5]), f(2), 1, 2, 4, f(4)), { name: 'RangeError', message: /offsets\[1\] = 5/ });
+  assert.throws(() => a.moeCombine(f(8), new Int32Array([-1, 0]), f(2), 1, 2, 4, f(4)), { name: 'RangeError', message: /offsets\[0\]/ });
+  assert.throws(() => a.moeCombine(f(8), new Int32Array([0]), f(2), 1, 2, 4, f(4)), { name: 'RangeError', message: /need nTokens \* k = 2/ });
+  assert.throws(() => a.moeCombine(f(8), new Int32Array([0, 4]), f(2), 1, 2, 4, f(3)), { name: 'RangeError', message: /out is shorter/ });
+  assert.throws(() => a.moeCombine(f(8), new Int32Array([0, 4]), f(2), 1, 0, 4, f(4)), { name: 'RangeError', message: /k must be/ });
 });

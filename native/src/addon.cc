@@ -16,6 +16,8 @@ namespace moe {
 
 // io.cc: openFile, closeFile, readInto (positioned reads off the JS thread).
 void RegisterIo(Napi::Env env, Napi::Object exports);
+// moe-combine.cc: moeCombine (the MoE layer's weighted sum of expert outputs).
+void RegisterMoeCombine(Napi::Env env, Napi::Object exports, bool (*useAvx2)());
 
 namespace {
 
@@ -190,6 +192,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("parkThreads", Napi::Function::New(env, ParkThreads));
   RegisterIo(env, exports);
   RegisterAttention(env, exports, useAvx2);
+  RegisterMoeCombine(env, exports, useAvx2);
   return exports;
 }
 

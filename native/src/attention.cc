@@ -3,6 +3,7 @@
 // softmax and weighted sums are f64 (AVX2 does 4 lanes at a time), only the result is rounded to f32.
 // SwiGLU's AVX2 path is f32 with a vectorized exp accurate to a few ulp; the portable one is scalar f64.
 #include "attention.h"
+#include "thread-pool.h"
 
 #include <cmath>
 #include <cstdint>
@@ -53,34 +54,33 @@ void softmaxInPlace(double* scores, int n) {
   for (int p = 0; p < n; p++) scores[p] = scores[p] / sum;
 }
 
-void attentionPortable(const AttnArgs& a) {
+// Query head h for every token of the batch.
+void attendHeadPortable(const AttnArgs& a, int h) {
   const int group = a.nHead / a.nHeadKv, d = a.headDim;
   const size_t qRow = (size_t)a.nHead * d, kvRow = (size_t)a.nHeadKv * d;
   const double scale = 1 / std::sqrt((double)d);
   AttnScratch& s = scratch((size_t)a.start + a.nTokens, d);
   double* scores = s.scores.data();
   double* acc = s.acc.data();
+  const size_t kvOff = (size_t)(h / group) * d;
   for (int t = 0; t < a.nTokens; t++) {
     const int n = a.start + t + 1;
-    for (int h = 0; h < a.nHead; h++) {
-      const float* q = a.q + t * qRow + (size_t)h * d;
-      const size_t kvOff = (size_t)(h / group) * d;
-      for (int p = 0; p < n; p++) {
-        const float* k = a.keys + p * kvRow + kvOff;
-        double dot = 0;
-        for (int i = 0; i < d; i++) dot += (double)q[i] * (double)k[i];
-        scores[p] = dot * scale;
-      }
-      softmaxInPlace(scores, n);
-      for (int i = 0; i < d; i++) acc[i] = 0;
-      for (int p = 0; p < n; p++) {
-        const float* v = a.values + p * kvRow + kvOff;
-        const double w = scores[p];
-        for (int i = 0; i < d; i++) acc[i] += w * (double)v[i];
-      }
-      float* o = a.out + t * qRow + (size_t)h * d;
-      for (int i = 0; i < d; i++) o[i] = (float)acc[i];
+    const float* q = a.q + t * qRow + (size_t)h * d;
+    for (int p = 0; p < n; p++) {
+      const float* k = a.keys + p * kvRow + kvOff;
+      double dot = 0;
+      for (int i = 0; i < d; i++) dot += (double)q[i] * (double)k[i];
+      scores[p] = dot * scale;
     }
+    softmaxInPlace(scores, n);
+    for (int i = 0; i < d; i++) acc[i] = 0;
+    for (int p = 0; p < n; p++) {
+      const float* v = a.values + p * kvRow + kvOff;
+      const double w = scores[p];
+      for (int i = 0; i < d; i++) acc[i] += w * (double)v[i];
+    }
+    float* o = a.out + t * qRow + (size_t)h * d;
+    for (int i = 0; i < d; i++) o[i] = (float)acc[i];
   }
 }
 
@@ -165,6 +165,7 @@ AVX2_FN void softmaxInPlaceAvx2(double* scores, int n) {
   for (; p < n; p++) scores[p] = scores[p] / sum;
 }
 
+
 // The dot products of qd with 4 key rows k0, k0 + stride, ... in f64, written to out[0..4).
 AVX2_FN inline void dot4F64(const double* qd, const float* k0, size_t stride, int d, double* out) {
   const float* k1 = k0 + stride;
@@ -193,7 +194,8 @@ AVX2_FN inline void dot4F64(const double* qd, const float* k0, size_t stride, in
   }
 }
 
-AVX2_FN void attentionAvx2(const AttnArgs& a) {
+// Query head h for every token of the batch (the unit of work a pool thread takes).
+AVX2_FN void attendHeadAvx2(const AttnArgs& a, int h) {
   const int group = a.nHead / a.nHeadKv, d = a.headDim;
   const size_t qRow = (size_t)a.nHead * d, kvRow = (size_t)a.nHeadKv * d;
   const double scale = 1 / std::sqrt((double)d);
@@ -201,48 +203,48 @@ AVX2_FN void attentionAvx2(const AttnArgs& a) {
   double* scores = s.scores.data();
   double* qd = s.qd.data();
   double* acc = s.acc.data();
+  const float* keys = a.keys + (size_t)(h / group) * d;
+  const float* values = a.values + (size_t)(h / group) * d;
   for (int t = 0; t < a.nTokens; t++) {
     const int n = a.start + t + 1;
-    for (int h = 0; h < a.nHead; h++) {
-      const float* q = a.q + t * qRow + (size_t)h * d;
-      for (int i = 0; i < d; i++) qd[i] = q[i];
-      const float* keys = a.keys + (size_t)(h / group) * d;
-      const float* values = a.values + (size_t)(h / group) * d;
-      int p = 0;
-      for (; p + 4 <= n; p += 4) {
-        dot4F64(qd, keys + p * kvRow, kvRow, d, scores + p);
-        for (int j = 0; j < 4; j++) scores[p + j] *= scale;
-      }
-      for (; p < n; p++) scores[p] = dotF64(qd, keys + p * kvRow, d) * scale;
-      softmaxInPlaceAvx2(scores, n);
-      // Weighted sum of the value rows, row by row (rows are contiguous; a column-block order would stride
-      // by the whole kv row and thrash the L1 sets) into f64 accumulators that stay in L1. Two rows per
-      // pass: fma(w1, v1, fma(w0, v0, acc)) is the same sequence of operations as two passes, with half
-      // the loads and stores of acc.
-      for (int i = 0; i < d; i++) acc[i] = 0;
-      const float* v = values;
-      p = 0;
-      for (; p + 2 <= n; p += 2, v += 2 * kvRow) {
-        const __m256d w0 = _mm256_broadcast_sd(scores + p), w1 = _mm256_broadcast_sd(scores + p + 1);
-        const float* v1 = v + kvRow;
-        int i = 0;
-        for (; i + 4 <= d; i += 4) {
-          const __m256d c = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i));
-          _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w1, _mm256_cvtps_pd(_mm_loadu_ps(v1 + i)), c));
-        }
-        for (; i < d; i++) acc[i] = std::fma(scores[p + 1], (double)v1[i], std::fma(scores[p], (double)v[i], acc[i]));
-      }
-      for (; p < n; p++, v += kvRow) {
-        const __m256d w = _mm256_broadcast_sd(scores + p);
-        int i = 0;
-        for (; i + 4 <= d; i += 4) {
-          _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i)));
-        }
-        for (; i < d; i++) acc[i] = std::fma(scores[p], (double)v[i], acc[i]);
-      }
-      float* o = a.out + t * qRow + (size_t)h * d;
-      for (int i = 0; i < d; i++) o[i] = (float)acc[i];
+    const float* q = a.q + t * qRow + (size_t)h * d;
+    for (int i = 0; i < d; i++) qd[i] = q[i];
+    int p = 0;
+    for (; p + 4 <= n; p += 4) {
+      dot4F64(qd, keys + p * kvRow, kvRow, d, scores + p);
+      for (int j = 0; j < 4; j++) scores[p + j] *= scale;
     }
+    for (; p < n; p++) {
+      scores[p] = dotF64(qd, keys + p * kvRow, d) * scale;
+    }
+    softmaxInPlaceAvx2(scores, n);
+    // Weighted sum of the value rows, row by row (rows are contiguous; a column-block order would stride
+    // by the whole kv row and thrash the L1 sets) into f64 accumulators that stay in L1. Two rows per
+    // pass: fma(w1, v1, fma(w0, v0, acc)) is the same sequence of operations as two passes, with half
+    // the loads and stores of acc.
+    for (int i = 0; i < d; i++) acc[i] = 0;
+    const float* v = values;
+    p = 0;
+    for (; p + 2 <= n; p += 2, v += 2 * kvRow) {
+      const __m256d w0 = _mm256_broadcast_sd(scores + p), w1 = _mm256_broadcast_sd(scores + p + 1);
+      const float* v1 = v + kvRow;
+      int i = 0;
+      for (; i + 4 <= d; i += 4) {
+        const __m256d c = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i));
+        _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w1, _mm256_cvtps_pd(_mm_loadu_ps(v1 + i)), c));
+      }
+      for (; i < d; i++) acc[i] = std::fma(scores[p + 1], (double)v1[i], std::fma(scores[p], (double)v[i], acc[i]));
+    }
+    for (; p < n; p++, v += kvRow) {
+      const __m256d w = _mm256_broadcast_sd(scores + p);
+      int i = 0;
+      for (; i + 4 <= d; i += 4) {
+        _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i)));
+      }
+      for (; i < d; i++) acc[i] = std::fma(scores[p], (double)v[i], acc[i]);
+    }
+    float* o = a.out + t * qRow + (size_t)h * d;
+    for (int i = 0; i < d; i++) o[i] = (float)acc[i];
   }
 }
 
@@ -334,10 +336,49 @@ bool intArg(const Napi::Value& v, int64_t lo, int64_t hi, int64_t* out) {
 
 std::string str(uint64_t v) { return std::to_string(v); }
 
-// causalAttention(q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out)
+struct AttnJob {
+  const AttnArgs* a;
+  bool avx2;
+};
+
+// One pool chunk = one query head for all tokens. Every head's outputs come from the same arithmetic
+// whichever thread runs it, so the result does not depend on the thread count. (One head per chunk, so a
+// helper that wakes late delays the caller by one head at most.)
+void attendChunk(void* ctx, int h) {
+  const AttnJob& job = *(const AttnJob*)ctx;
+#if defined(__x86_64__)
+  if (job.avx2) {
+    attendHeadAvx2(*job.a, h);
+    return;
+  }
+#endif
+  attendHeadPortable(*job.a, h);
+}
+
+// Below this much K/V read per extra thread (bytes, summed over heads and tokens), a second thread costs
+// more than it can save: waking a sleeping helper costs ~40 us on the 2-core VM, about the time one
+// thread takes for 512 KiB of cold K/V (~16 GB/s would be needed to beat it).
+constexpr double kMinBytesPerExtraThread = 512 * 1024;
+
+void runAttention(const AttnArgs& a, int threads) {
+  // K/V bytes read: every head reads n rows of headDim floats twice (keys, values) per token.
+  const double positions = (double)a.nTokens * a.start + (double)a.nTokens * (a.nTokens + 1) / 2;
+  const double bytes = positions * a.nHead * a.headDim * 8;
+  const double useful = bytes / kMinBytesPerExtraThread;
+  if (useful < threads) threads = useful < 1 ? 1 : (int)useful;
+  if (threads > a.nHead) threads = a.nHead;
+  AttnJob job{&a, avx2()};
+  if (threads <= 1) {
+    for (int h = 0; h < a.nHead; h++) attendChunk(&job, h);
+    return;
+  }
+  poolRun(threads, a.nHead, attendChunk, &job);
+}
+
+// causalAttention(q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out[, threads])
 Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* usage = "causalAttention: expected (q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out)";
+  const char* usage = "causalAttention: expected (q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out[, threads])";
   if (info.Length() < 9) return throwType(env, usage);
   AttnArgs a{};
   size_t qLen, kLen, vLen, outLen;
@@ -355,6 +396,10 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   if (!intArg(info[5], 1, 1 << 16, &nHead)) return throwRange(env, "causalAttention: nHead must be an integer from 1 to 65536");
   if (!intArg(info[6], 1, 1 << 16, &nHeadKv)) return throwRange(env, "causalAttention: nHeadKv must be an integer from 1 to 65536");
   if (!intArg(info[7], 1, 1 << 16, &headDim)) return throwRange(env, "causalAttention: headDim must be an integer from 1 to 65536");
+  int64_t threads = 1;
+  if (info.Length() > 9 && !info[9].IsUndefined() && !intArg(info[9], 1, 256, &threads)) {
+    return throwRange(env, "causalAttention: threads must be an integer from 1 to 256");
+  }
   if (nHead % nHeadKv != 0) {
     return throwRange(env, "causalAttention: nHead " + str(nHead) + " is not a multiple of nHeadKv " + str(nHeadKv));
   }
@@ -374,13 +419,7 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   a.nHeadKv = (int)nHeadKv;
   a.headDim = (int)headDim;
   if (nTokens == 0) return env.Undefined();
-#if defined(__x86_64__)
-  if (avx2()) {
-    attentionAvx2(a);
-    return env.Undefined();
-  }
-#endif
-  attentionPortable(a);
+  runAttention(a, (int)threads);
   return env.Undefined();
 }
 

@@ -12,10 +12,11 @@ export interface AttentionShape {
  * start..start+nTokens-1. keys/values: [pos][nHeadKv][headDim] for positions 0..start+nTokens-1.
  * Token t attends to positions 0..start+t (causal). Query head h reads kv head floor(h / (nHead/nHeadKv)).
  * Scores are scaled by 1/sqrt(headDim) and softmaxed in double. Writes nTokens rows of nHead*headDim to out.
+ * `threads` > 1 lets the native kernel split the heads over its thread pool (same bits for any count).
  */
 export function causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
-  nTokens: number, s: AttentionShape, out: Float32Array): Float32Array {
-  nativeCausalAttention(q, keys, values, start, nTokens, s.nHead, s.nHeadKv, s.headDim, out);
+  nTokens: number, s: AttentionShape, out: Float32Array, threads = 1): Float32Array {
+  nativeCausalAttention(q, keys, values, start, nTokens, s.nHead, s.nHeadKv, s.headDim, out, threads);
   return out;
 }
 

@@ -379,7 +379,7 @@ class ModelSequence implements Sequence {
     }
     this.cache.write(l, this.n, n, k, v);
     const shape = { nHead: hp.nHead, nHeadKv: hp.nHeadKv, headDim: hp.headDim };
-    return causalAttention(q, this.cache.keys(l), this.cache.values(l), this.n, n, shape, new Float32Array(n * qDim));
+    return causalAttention(q, this.cache.keys(l), this.cache.values(l), this.n, n, shape, new Float32Array(n * qDim), threads);
   }
 }
 

@@ -6,7 +6,7 @@ import type { Weight } from './weights.js';
 import type { ExpertMatrix } from '../experts/locator.js';
 import type { ExpertRunner } from '../experts/dispatcher.js';
 import { expertFfnBytes as expertFfn } from '../experts/ffn.js';
-import { parkThreads } from '../native/index.js';
+import { moeCombine, parkThreads } from '../native/index.js';
 
 /** down · (silu(gate · x) * (up · x)) for nTokens rows of x: the one definition, which the offloading workers run too. */
 export { expertFfn };
@@ -60,37 +60,31 @@ export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerPa
   const tokensOf: { token: number; slot: number }[][] = Array.from({ length: nExpert }, () => []);
   routes.forEach((r, t) => r.experts.forEach((e, slot) => tokensOf[e]!.push({ token: t, slot })));
 
-  // perSlot[(t*k + slot)*nEmbd ..]: weighted output of token t's slot-th expert
-  const perSlot = new Float32Array(nTokens * k * nEmbd);
-  const scatter = (users: { token: number; slot: number }[], y: Float32Array) => users.forEach((u, i) => {
-    const w = Math.fround(routes[u.token]!.weights[u.slot]!);
-    const dst = (u.token * k + u.slot) * nEmbd;
-    for (let c = 0; c < nEmbd; c++) perSlot[dst + c] = y[i * nEmbd + c]! * w;
-  });
+  // The combine reads every expert's output rows in place: offsets[t*k + slot] is where token t's slot-th
+  // expert row starts in one Float32Array (the runner's shared output buffer, else a concatenation).
+  const weights = new Float32Array(nTokens * k);
+  routes.forEach((r, t) => weights.set(r.weights, t * k));
   const used = tokensOf.map((users, e) => ({ users, e })).filter(({ users }) => users.length > 0);
+  let ys: Float32Array[];
   if (p.runner) {
     parkThreads();  // the native matmul helpers would otherwise spin on the cores the expert workers need
-    const ys = await p.runner.runExperts(p.layer, x, nEmbd, used.map(({ users, e }) => ({ expert: e, rows: Int32Array.from(users, (u) => u.token) })));
-    used.forEach(({ users }, i) => scatter(users, ys[i]!));
+    ys = await p.runner.runExperts(p.layer, x, nEmbd, used.map(({ users, e }) => ({ expert: e, rows: Int32Array.from(users, (u) => u.token) })));
   } else {
+    ys = [];
     for (const { users, e } of used) {
       const [gate, up, down] = await Promise.all([
         p.experts.matrix(p.layer, e, 'gate'), p.experts.matrix(p.layer, e, 'up'), p.experts.matrix(p.layer, e, 'down'),
       ]);
       const batch = new Float32Array(users.length * nEmbd);
       users.forEach((u, i) => batch.set(x.subarray(u.token * nEmbd, (u.token + 1) * nEmbd), i * nEmbd));
-      scatter(users, expertFfn(gate, up, down, batch, users.length, threads));
+      ys.push(expertFfn(gate, up, down, batch, users.length, threads));
     }
   }
-
+  const { all, starts } = backToBack(ys);
+  const offsets = new Int32Array(nTokens * k);
+  used.forEach(({ users }, i) => users.forEach((u, j) => { offsets[u.token * k + u.slot] = starts[i]! + j * nEmbd; }));
   const out = new Float32Array(nTokens * nEmbd);
-  for (let t = 0; t < nTokens; t++) {
-    for (let c = 0; c < nEmbd; c++) {
-      let s = perSlot[(t * k) * nEmbd + c]!;
-      for (let slot = 1; slot < k; slot++) s = Math.fround(s + perSlot[(t * k + slot) * nEmbd + c]!);
-      out[t * nEmbd + c] = s;
-    }
-  }
+  moeCombine(all, offsets, weights, nTokens, k, nEmbd, out);
 
   if (p.shared) {
     const gateLogit = p.shared.gateInp.matmul(x, nTokens, threads);
@@ -98,6 +92,45 @@ export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerPa
     for (let t = 0; t < nTokens; t++) {
       const g = Math.fround(1 / (1 + Math.exp(-gateLogit[t]!)));
       for (let c = 0; c < nEmbd; c++) out[t * nEmbd + c] = out[t * nEmbd + c]! + Math.fround(y[t * nEmbd + c]! * g);
+    }
+  }
+  return out;
+}
+
+/**
+ * One Float32Array holding every array of `ys` and where each starts in it: the buffer they all view
+ * when they share one (the offload dispatcher's output buffer: no copy), else a concatenation.
+ */
+function backToBack(ys: readonly Float32Array[]): { all: Float32Array; starts: number[] } {
+  const buffer = ys[0]?.buffer;
+  if (buffer && ys.every((y) => y.buffer === buffer) && buffer.byteLength / 4 <= 0x7fffffff) {
+    return { all: new Float32Array(buffer, 0, Math.floor(buffer.byteLength / 4)), starts: ys.map((y) => y.byteOffset / 4) };
+  }
+  const all = new Float32Array(ys.reduce((n, y) => n + y.length, 0));
+  const starts: number[] = [];
+  let at = 0;
+  for (const y of ys) {
+    starts.push(at);
+    all.set(y, at);
+    at += y.length;
+  }
+  return { all, starts };
+}
+
+/**
+ * The combine in plain TypeScript, the definition the native moeCombine must match bit for bit:
+ * out[t*nEmbd + c] = sum over slots in selection order of fround(y * w), summed left to right in f32
+ * (llama.cpp's order), where y = ys[offsets[t*k + slot] + c] and w = weights[t*k + slot].
+ */
+export function moeCombineReference(ys: Float32Array, offsets: Int32Array, weights: Float32Array, nTokens: number,
+  k: number, nEmbd: number, out: Float32Array): Float32Array {
+  for (let t = 0; t < nTokens; t++) {
+    for (let c = 0; c < nEmbd; c++) {
+      let s = Math.fround(ys[offsets[t * k]! + c]! * weights[t * k]!);
+      for (let slot = 1; slot < k; slot++) {
+        s = Math.fround(s + Math.fround(ys[offsets[t * k + slot]! + c]! * weights[t * k + slot]!));
+      }
+      out[t * nEmbd + c] = s;
     }
   }
   return out;

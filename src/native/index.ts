@@ -15,8 +15,11 @@ export interface Addon {
   parkThreads(): void;
   // attention.cc
   causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number, nTokens: number,
-    nHead: number, nHeadKv: number, headDim: number, out: Float32Array): void;
+    nHead: number, nHeadKv: number, headDim: number, out: Float32Array, threads?: number): void;
   swiglu(g: Float32Array, u: Float32Array, n: number): void;
+  // moe-combine.cc
+  moeCombine(ys: Float32Array, offsets: Int32Array, weights: Float32Array, nTokens: number, k: number,
+    nEmbd: number, out: Float32Array): void;
   // io.cc (wrapped by src/native/io.ts)
   openFile(path: string, direct: boolean): number;
   closeFile(fd: number): void;
@@ -88,10 +91,22 @@ export function sumBytes(buf: Uint8Array): number { return native().sumBytes(buf
  * Causal grouped-query attention, as documented on src/engine/attention.ts's causalAttentionReference
  * (q: nTokens rows of nHead*headDim at positions start..; keys/values [pos][nHeadKv][headDim]), computed in
  * double and rounded to f32 into out. Throws TypeError/RangeError on bad arguments or sizes.
+ * threads > 1 splits the heads over the matmul thread pool when the K/V read is big enough to gain from
+ * it; the result is bit-identical whatever `threads` is.
  */
 export function causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
-  nTokens: number, nHead: number, nHeadKv: number, headDim: number, out: Float32Array): void {
-  native().causalAttention(q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out);
+  nTokens: number, nHead: number, nHeadKv: number, headDim: number, out: Float32Array, threads = 1): void {
+  native().causalAttention(q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out, threads);
+}
+
+/**
+ * The MoE combine: out[t * nEmbd + c] = sum over slot < k, in slot order, of
+ * ys[offsets[t * k + slot] + c] * weights[t * k + slot], every product and sum rounded to f32 (no FMA),
+ * i.e. bit-identical to moeCombineReference in src/engine/moe-layer.ts. Throws on bad sizes/offsets.
+ */
+export function moeCombine(ys: Float32Array, offsets: Int32Array, weights: Float32Array, nTokens: number,
+  k: number, nEmbd: number, out: Float32Array): void {
+  native().moeCombine(ys, offsets, weights, nTokens, k, nEmbd, out);
 }
 
 /**
