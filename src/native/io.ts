@@ -102,6 +102,7 @@ export class PositionedFile {
     try {
       await regionIo().readIntoRegion(this.fd, position, region, at, length);
     } catch (err) {
+      if (err instanceof RangeError || err instanceof TypeError) throw err; // a caller's bug, not the file's
       throw toFileError(err);
     }
   }
