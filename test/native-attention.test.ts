@@ -190,11 +190,11 @@ test('native causalAttention and swiglu reject bad arguments with TypeError/Rang
   assert.throws(() => a.swiglu(f(4), f(4), NaN), { name: 'RangeError', message: /n must be/ });
 });
 
-// Sizes past the native threshold for using more threads (512 KiB of K/V read per extra thread), so
+// Sizes past the native threshold for using more threads (256 KiB of K/V read per extra thread), so
 // that 2..4 threads really split the heads.
 test('native causal attention gives the same bits for 1..4 threads, hot and with the K/V cold, and after the pool sleeps', () => {
   const cases = [
-    { shape: { nHead: 16, nHeadKv: 16, headDim: 128 }, start: 199, nTokens: 1 },   // 3.2 MB: up to 6 threads
+    { shape: { nHead: 16, nHeadKv: 16, headDim: 128 }, start: 199, nTokens: 1 },   // 3.2 MB: up to 12 threads
     { shape: { nHead: 8, nHeadKv: 2, headDim: 128 }, start: 300, nTokens: 1 },    // GQA group 4
     { shape: { nHead: 6, nHeadKv: 3, headDim: 72 }, start: 40, nTokens: 37 },     // a prefill batch, odd dims
     { shape: { nHead: 4, nHeadKv: 1, headDim: 40 }, start: 3, nTokens: 2 },       // below the threshold

@@ -356,9 +356,11 @@ void attendChunk(void* ctx, int h) {
 }
 
 // Below this much K/V read per extra thread (bytes, summed over heads and tokens), a second thread costs
-// more than it can save: waking a sleeping helper costs ~40 us on the 2-core VM, about the time one
-// thread takes for 512 KiB of cold K/V (~16 GB/s would be needed to beat it).
-constexpr double kMinBytesPerExtraThread = 512 * 1024;
+// more than it can save. Measured on the 2-core VM (16 heads x 128, one token): with the pool helpers
+// still spinning after the QKV matmul, as in the decode, 2 threads were never slower from 16 positions
+// (256 KiB) up; in the decode (60..110 positions, K/V cold) attention took 2.4..4.2 ms/token on 2 threads
+// against 4.3..4.8 on 1. Waking helpers that sleep costs ~40 us, which small reads cannot win back.
+constexpr double kMinBytesPerExtraThread = 256 * 1024;
 
 void runAttention(const AttnArgs& a, int threads) {
   // K/V bytes read: every head reads n rows of headDim floats twice (keys, values) per token.
