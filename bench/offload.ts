@@ -2,7 +2,9 @@
 // expert cache at 100%, 50% and 25% of the expert bytes, next to a lower bound from numbers measured in
 // the same run: max(bytes read per token / read bandwidth, bytes computed per token / expert-FFN GB/s of
 // all the threads computing at once). Misses are read with O_DIRECT (generate --direct-io) so they cost a disk read, not a
-// page-cache copy, whatever the page cache holds; page-cache rows show the warm-file case.
+// page-cache copy, whatever the page cache holds; page-cache rows show the warm-file case. The disk is
+// often a shared virtual device whose bandwidth swings within minutes, so each row's read bound uses
+// that row's own bandwidth, probed with the decode's read path right before and right after it.
 import { existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { loadModel, type ExpertStatsSnapshot } from '../src/engine/model.js';
@@ -52,7 +54,7 @@ export function defaultOffloadSettings(quick: boolean): OffloadSettings {
     ? { quick, shape: OLMOE_LIKE_QUICK, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [],
       warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16, timelinePercent: 50, timelineTokens: 2 }
     : { quick, shape: OLMOE_LIKE, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [50, 25],
-      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 40, timelinePercent: 50, timelineTokens: 4 };
+      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 64, timelinePercent: 50, timelineTokens: 4 };
 }
 
 export interface ReadBandwidth {
