@@ -80,6 +80,11 @@ export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerPa
       ys.push(expertFfn(gate, up, down, batch, users.length, threads));
     }
   }
+  used.forEach(({ users, e }, i) => {  // rows are read in place below: a short result must not read its neighbour's
+    if (ys[i]?.length !== users.length * nEmbd) {
+      throw new Error(`expert ${e} of layer ${p.layer}: ${ys[i]?.length ?? 'no'} output values for ${users.length} rows of ${nEmbd}`);
+    }
+  });
   const { all, starts } = backToBack(ys);
   const offsets = new Int32Array(nTokens * k);
   used.forEach(({ users }, i) => users.forEach((u, j) => { offsets[u.token * k + u.slot] = starts[i]! + j * nEmbd; }));
