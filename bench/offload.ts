@@ -97,6 +97,8 @@ export interface DecodeRow {
 export interface TokenTimeline {
   ms: number;
   layers: { layer: number; routedMs: number; endMs: number; reads: { startMs: number; endMs: number; bytes: number }[];
+    /** When the dispatcher called ExpertReader.load for each miss (the reads are queued right then). */
+    loadsIssuedMs: number[];
     workerTasks: { startMs: number; endMs: number }[] }[];
   /** Wall time with no read running, and where it falls. */
   diskIdle: {
@@ -105,6 +107,8 @@ export interface TokenTimeline {
     betweenLayersMs: number;
     /** In an expert stage before its first read ran. */
     beforeFirstReadMs: number;
+    /** Of that: before the dispatcher issued the stage's first load (its lookups, and its yield to the event loop). */
+    beforeFirstLoadIssuedMs: number;
     /** In an expert stage between reads (no read running though more were to come). */
     gapsMs: number;
     /** In an expert stage after its last read ended (computing the last misses). */
@@ -130,20 +134,21 @@ function unionMs(iv: { startMs: number; endMs: number }[]): number {
 function tokenTimeline(ms: number, layers: TokenTimeline['layers']): TokenTimeline {
   const reads = layers.flatMap((l) => l.reads);
   const busy = unionMs(reads);
-  let inStages = 0, beforeFirst = 0, gaps = 0, afterLast = 0, noRead = 0;
+  let inStages = 0, beforeFirst = 0, beforeIssued = 0, gaps = 0, afterLast = 0, noRead = 0;
   for (const l of layers) {
     const stage = l.endMs - l.routedMs;
     inStages += stage;
     if (l.reads.length === 0) { noRead += stage; continue; }
     const first = Math.min(...l.reads.map((r) => r.startMs)), last = Math.max(...l.reads.map((r) => r.endMs));
     beforeFirst += Math.max(0, first - l.routedMs);
+    if (l.loadsIssuedMs.length > 0) beforeIssued += Math.max(0, Math.min(first, ...l.loadsIssuedMs) - l.routedMs);
     afterLast += Math.max(0, l.endMs - last);
     gaps += Math.max(0, (last - first) - unionMs(l.reads));
   }
   const sumReads = reads.reduce((a, r) => a + r.endMs - r.startMs, 0);
   return {
     ms, layers,
-    diskIdle: { totalMs: ms - busy, betweenLayersMs: ms - inStages, beforeFirstReadMs: beforeFirst, gapsMs: gaps, afterLastReadMs: afterLast, noReadStagesMs: noRead },
+    diskIdle: { totalMs: ms - busy, betweenLayersMs: ms - inStages, beforeFirstReadMs: beforeFirst, beforeFirstLoadIssuedMs: beforeIssued, gapsMs: gaps, afterLastReadMs: afterLast, noReadStagesMs: noRead },
     meanReadsInFlight: busy > 0 ? sumReads / busy : 0,
   };
 }
@@ -156,9 +161,15 @@ async function recordTimeline(tokens: number, decode: () => Promise<void>): Prom
   const poolProto = ExpertPool.prototype;
   const runExperts = dispatcherProto.runExperts;
   const runBatch = poolProto.runBatch;
+  const readerProto = ExpertReader.prototype;
+  const load = readerProto.load;
   let layers: TokenTimeline['layers'] = [];
+  readerProto.load = function (this: ExpertReader, ...args: Parameters<typeof load>) {
+    layers.at(-1)?.loadsIssuedMs.push(hrMs());
+    return load.apply(this, args);
+  };
   dispatcherProto.runExperts = async function (this: ExpertDispatcher, ...args: Parameters<typeof runExperts>) {
-    const rec = { layer: args[0], routedMs: hrMs(), endMs: 0, reads: [], workerTasks: [] };
+    const rec = { layer: args[0], routedMs: hrMs(), endMs: 0, reads: [], loadsIssuedMs: [] as number[], workerTasks: [] };
     layers.push(rec);
     try {
       return await runExperts.apply(this, args);
@@ -191,6 +202,7 @@ async function recordTimeline(tokens: number, decode: () => Promise<void>): Prom
       out.push(tokenTimeline(t1 - t0, layers.map((l) => ({
         layer: l.layer, routedMs: rel(l.routedMs), endMs: rel(l.endMs),
         reads: l.reads.map((r) => ({ startMs: rel(r.startMs), endMs: rel(r.endMs), bytes: r.bytes })),
+        loadsIssuedMs: l.loadsIssuedMs.map(rel),
         workerTasks: l.workerTasks.map((w) => ({ startMs: rel(w.startMs), endMs: rel(w.endMs || t1) })),
       }))));
     }
@@ -198,6 +210,7 @@ async function recordTimeline(tokens: number, decode: () => Promise<void>): Prom
     traceReads(false);
     dispatcherProto.runExperts = runExperts;
     poolProto.runBatch = runBatch;
+    readerProto.load = load;
   }
   return out;
 }
@@ -590,7 +603,7 @@ export function offloadTable(r: OffloadBenchResult): string {
     const avg = (g: (t: TokenTimeline) => number) => f(x.timeline!.reduce((a, t) => a + g(t), 0) / n, 1);
     lines.push(`timeline, ${x.ramCachePercent}% ${x.io}, ${n} extra tokens (ms/token, reads timed on the pool threads): ${avg((t) => t.ms)} ms, disk idle ${avg((t) => t.diskIdle.totalMs)} ms =`);
     lines.push(`  between expert stages (attention, norms, routers) ${avg((t) => t.diskIdle.betweenLayersMs)} + stages without reads ${avg((t) => t.diskIdle.noReadStagesMs)}`
-      + ` + routing->first read ${avg((t) => t.diskIdle.beforeFirstReadMs)} + gaps between reads ${avg((t) => t.diskIdle.gapsMs)} + last read->stage end ${avg((t) => t.diskIdle.afterLastReadMs)};`
+      + ` + routing->first read ${avg((t) => t.diskIdle.beforeFirstReadMs)} (of which before the first load was issued ${avg((t) => t.diskIdle.beforeFirstLoadIssuedMs)}) + gaps between reads ${avg((t) => t.diskIdle.gapsMs)} + last read->stage end ${avg((t) => t.diskIdle.afterLastReadMs)};`
       + ` reads in flight while reading ${avg((t) => t.meanReadsInFlight)}`);
     lines.push(`  direct reads in the timed tokens: ${x.directReads.zeroCopy} into the slot, ${x.directReads.bounced} through a scratch buffer`);
   }
