@@ -118,6 +118,8 @@ export interface TokenTimeline {
   };
   /** Reads running at once, averaged over the time any ran (the device queue depth the decode keeps). */
   meanReadsInFlight: number;
+  /** Bytes read / time any read ran (GB/s): what the device gave the decode while it was reading. */
+  gbpsWhileReading: number;
 }
 
 /** Length of the union of the intervals (ms). */
@@ -150,6 +152,7 @@ function tokenTimeline(ms: number, layers: TokenTimeline['layers']): TokenTimeli
     ms, layers,
     diskIdle: { totalMs: ms - busy, betweenLayersMs: ms - inStages, beforeFirstReadMs: beforeFirst, beforeFirstLoadIssuedMs: beforeIssued, gapsMs: gaps, afterLastReadMs: afterLast, noReadStagesMs: noRead },
     meanReadsInFlight: busy > 0 ? sumReads / busy : 0,
+    gbpsWhileReading: busy > 0 ? reads.reduce((a, r) => a + r.bytes, 0) / (busy / 1000) / 1e9 : 0,
   };
 }
 
@@ -604,7 +607,7 @@ export function offloadTable(r: OffloadBenchResult): string {
     lines.push(`timeline, ${x.ramCachePercent}% ${x.io}, ${n} extra tokens (ms/token, reads timed on the pool threads): ${avg((t) => t.ms)} ms, disk idle ${avg((t) => t.diskIdle.totalMs)} ms =`);
     lines.push(`  between expert stages (attention, norms, routers) ${avg((t) => t.diskIdle.betweenLayersMs)} + stages without reads ${avg((t) => t.diskIdle.noReadStagesMs)}`
       + ` + routing->first read ${avg((t) => t.diskIdle.beforeFirstReadMs)} (of which before the first load was issued ${avg((t) => t.diskIdle.beforeFirstLoadIssuedMs)}) + gaps between reads ${avg((t) => t.diskIdle.gapsMs)} + last read->stage end ${avg((t) => t.diskIdle.afterLastReadMs)};`
-      + ` reads in flight while reading ${avg((t) => t.meanReadsInFlight)}`);
+      + ` reads in flight while reading ${avg((t) => t.meanReadsInFlight)}, at ${f(x.timeline.reduce((a, t) => a + t.gbpsWhileReading, 0) / n)} GB/s`);
     lines.push(`  direct reads in the timed tokens: ${x.directReads.zeroCopy} into the slot, ${x.directReads.bounced} through a scratch buffer`);
   }
   lines.push(`offload part took ${f(r.seconds, 1)} s; load average ${f(r.loadAverage.before)} before, ${f(r.loadAverage.after)} after (${r.threads} cores; others' load slows every number)`);
