@@ -96,10 +96,6 @@ export class ExpertDispatcher implements ExpertRunner {
   }
 
   async runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]> {
-    // The previous layers' worker replies are waiting in the event loop (a layer ends on the claim
-    // counter, without yielding): until they are taken in, piscina counts those workers as busy and
-    // would queue this layer's tasks instead of starting them.
-    if (this.outstanding.size > 0) await new Promise<void>((resolve) => setImmediate(resolve));
     this.throwLateFailure();
     const { cache, reader, pool, locator, stats, onServe } = this.parts;
     const t0 = performance.now();
@@ -298,7 +294,12 @@ export class ExpertDispatcher implements ExpertRunner {
       }
     };
 
+    // Misses start reading first: nothing below changes what to read.
     lookUp();
+    // The previous layers' worker replies are waiting in the event loop (a layer ends on the claim
+    // counter, without yielding): until they are taken in, piscina counts those workers as busy and
+    // would queue this layer's tasks instead of starting them.
+    if (this.outstanding.size > 0) await new Promise<void>((resolve) => setImmediate(resolve));
     dispatch();
     finishIfIdle();
     await done;
