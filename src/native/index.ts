@@ -24,6 +24,10 @@ export interface Addon {
   openFile(path: string, direct: boolean): number;
   closeFile(fd: number): void;
   readInto(fd: number, position: number, dst: Uint8Array): Promise<number>;
+  readIntoRegion(fd: number, position: number, region: Uint8Array, at: number, length: number): Promise<number>;
+  pageOffsetOf(view: Uint8Array): number;
+  ioCounters(): { zeroCopyReads: number; bouncedReads: number; bouncedBytes: number };
+  traceReads(on: boolean): Float64Array;
 }
 
 let addon: Addon | undefined;

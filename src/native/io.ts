@@ -2,32 +2,23 @@
 // a caller's buffer (which may be a view of a SharedArrayBuffer slab), so the JS thread keeps working
 // while experts load. Errors come back as FileAccessError with the path, offset and the OS's reason.
 import { FileAccessError } from '../model/errors.js';
-import { native } from './index.js';
+import { native, type Addon } from './index.js';
 
 interface NativeIoError extends Error { code?: string; errno?: number }
 
 /** Direct reads so far in this process: straight into the caller's memory, or through a scratch buffer and a copy. */
-export interface IoCounters { zeroCopyReads: number; bouncedReads: number; bouncedBytes: number }
-
-/** The addon's region reads (native/src/io.cc); declared here, next to their only caller. */
-interface RegionIo {
-  readIntoRegion(fd: number, position: number, region: Uint8Array, at: number, length: number): Promise<number>;
-  pageOffsetOf(view: Uint8Array): number;
-  ioCounters(): IoCounters;
-  traceReads(on: boolean): Float64Array;
-}
-const regionIo = (): RegionIo => native() as unknown as RegionIo;
+export type IoCounters = ReturnType<Addon['ioCounters']>;
 
 /** Block size O_DIRECT reads are aligned to (native/src/io.cc kDirectAlign). */
 export const DIRECT_IO_ALIGNMENT = 4096;
 
 /** The view's start address mod DIRECT_IO_ALIGNMENT (SharedArrayBuffers are not page-aligned in general). */
 export function pageOffsetOf(view: Uint8Array): number {
-  return regionIo().pageOffsetOf(view);
+  return native().pageOffsetOf(view);
 }
 
 export function ioCounters(): IoCounters {
-  return regionIo().ioCounters();
+  return native().ioCounters();
 }
 
 /** When one read ran on a pool thread, in ms on the clock of process.hrtime.bigint() / 1e6. */
@@ -39,7 +30,7 @@ export interface TracedRead { startMs: number; endMs: number; bytes: number }
  * and a lock per read while on).
  */
 export function traceReads(on: boolean): TracedRead[] {
-  const raw = regionIo().traceReads(on);
+  const raw = native().traceReads(on);
   const out: TracedRead[] = [];
   for (let i = 0; i + 2 < raw.length; i += 3) out.push({ startMs: raw[i]! / 1e6, endMs: raw[i + 1]! / 1e6, bytes: raw[i + 2]! });
   return out;
@@ -100,7 +91,7 @@ export class PositionedFile {
   async readIntoRegion(position: number, region: Uint8Array, at: number, length: number): Promise<void> {
     if (this.fd === undefined) throw new FileAccessError(`read from ${this.path} after it was closed`);
     try {
-      await regionIo().readIntoRegion(this.fd, position, region, at, length);
+      await native().readIntoRegion(this.fd, position, region, at, length);
     } catch (err) {
       if (err instanceof RangeError || err instanceof TypeError) throw err; // a caller's bug, not the file's
       throw toFileError(err);
