@@ -3,6 +3,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { ExpertPool, type MatrixInSlab } from '../src/experts/pool.js';
+import { SharedClaims } from '../src/experts/worker.js';
 import { expertFfnBytes, type MatrixBytes } from '../src/experts/ffn.js';
 import { GGMLType } from '../src/model/ggml-types.js';
 import { quantize, dequantizeRows } from '../src/model/quant/index.js';
@@ -127,6 +128,55 @@ for (const kind of ['exit', 'throw'] as const) {
     });
     const { y } = await pool.run({ slab: e.slab, gate: e.gate, up: e.up, down: e.down, x, nTokens: 1 });
     assert.deepEqual(y, expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 1, 1));
+  });
+}
+
+/** A shared batch of `n` Q4_0 experts over 3 tokens, and each expert's main-thread result. */
+function sharedBatch(n: number, seed: number) {
+  const experts = Array.from({ length: n }, (_, i) => makeExpert(GGMLType.Q4_0, seed + i));
+  const x = sharedX(3, seed);
+  const task = {
+    slabs: experts.map((e) => e.slab),
+    experts: experts.map((e, i) => ({ slab: i, gate: e.gate, up: e.up, down: e.down, rowStart: 3 * i, nTokens: 3 })),
+    x, rows: Int32Array.from({ length: 3 * n }, (_, j) => j % 3),
+    out: new Float32Array(new SharedArrayBuffer(3 * n * N_EMBD * 4)),
+    claims: SharedClaims.create(n),
+  };
+  const want = experts.map((e) => expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 3, 1));
+  const check = () => want.forEach((w, i) => assert.deepEqual(task.out.subarray(3 * i * N_EMBD, 3 * (i + 1) * N_EMBD), w, `expert ${i}`));
+  return { task, check };
+}
+
+test('a shared batch no other thread claims is computed whole by the serving worker, which replies', async () => {
+  const { task, check } = sharedBatch(5, 400);
+  const { computeMs } = await pool.runShared(task, 'shared');
+  assert.equal(SharedClaims.done(task.claims), 5);
+  assert.ok(computeMs > 0);
+  check();
+  // and again: the serving worker stays up between batches
+  const second = sharedBatch(3, 500);
+  await pool.runShared(second.task, 'shared again');
+  second.check();
+});
+
+for (const kind of ['exit', 'throw'] as const) {
+  test(`a serving worker that fails (${kind}) is replaced; what it had not computed is retried once, then a clear error`, async () => {
+    const one = sharedBatch(4, 600);
+    const before = pool.retries;
+    pool.injectFaults(1, kind);
+    await pool.runShared(one.task, 'layer 1 experts');
+    assert.equal(pool.retries, before + 1);
+    one.check(); // the failed worker claimed nothing; the retry computed all four
+    const two = sharedBatch(2, 700);
+    pool.injectFaults(2, kind);
+    await assert.rejects(pool.runShared(two.task, 'layer 2 experts'), (err: Error) => {
+      assert.ok(err instanceof MoeOffloadError);
+      assert.match(err.message, /failed twice computing layer 2 experts/);
+      return true;
+    });
+    const three = sharedBatch(2, 800);
+    await pool.runShared(three.task, 'after');
+    three.check();
   });
 }
 

@@ -120,9 +120,9 @@ test('a model file truncated after loading gives a clear read error, not a hang,
  */
 function stealOneClaim(off: ExpertOffload, times: number, error?: Error): () => number {
   const pool = off.pool;
-  const real = pool.runBatch.bind(pool);
+  const real = pool.runShared.bind(pool);
   let stolen = 0;
-  pool.runBatch = (task, what) => {
+  pool.runShared = (task, what) => {
     if (task.claims && stolen < times && Atomics.add(task.claims, 0, 1) < task.experts.length) {
       stolen++;
       return error ? Promise.reject(error) : Promise.resolve({ computeMs: 0 });

@@ -212,10 +212,11 @@ export class ExpertDispatcher implements ExpertRunner {
 
     // With more than one compute thread, this thread is one of them: it would only wait otherwise, and
     // on a machine with as many cores as threads a third thread woken here would take its core anyway.
-    // So the ready experts go out as one shared batch that this thread and every idle worker claim
-    // expert by expert (SharedClaims): a worker that wakes late takes fewer, and this thread learns that
-    // all are computed from the shared counter instead of waiting for the workers' reply messages. With
-    // one thread, the one worker computes everything, one task at a time.
+    // So the ready experts go out as one shared batch that this thread and the pool's serving workers
+    // (pool.runShared: no piscina task, a futex wake-up) claim expert by expert (SharedClaims): a worker
+    // that wakes late takes fewer, and this thread learns that all are computed from the shared counter
+    // instead of waiting for the workers' reply messages (those are taken in at settle()). With one
+    // thread, the one worker computes everything, one piscina task at a time.
     const helper = pool.threads > 1 ? 1 : 0;
     const workers = pool.threads - helper;
     let layerDone = false;
@@ -224,7 +225,8 @@ export class ExpertDispatcher implements ExpertRunner {
       inFlight++;
       let run: Promise<BatchResult>;
       try {
-        run = pool.runBatch(task, `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`);
+        const what = `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`;
+        run = task.claims ? pool.runShared(task, what) : pool.runBatch(task, what);
       } catch (err) {
         run = Promise.reject(err);
       }
@@ -261,12 +263,12 @@ export class ExpertDispatcher implements ExpertRunner {
         }
         const batch = ready.splice(0, ready.length);
         const task = taskOf(batch);
-        const idle = Math.min(workers - inFlight, batch.length - 1);
-        const claims = idle > 0 ? SharedClaims.create(batch.length) : undefined;
+        // The serving workers take any batch of 2+ experts (one they are still finishing an older batch
+        // of just starts later); a lone expert is computed here.
+        const claims = batch.length > 1 ? SharedClaims.create(batch.length) : undefined;
         if (claims) task.claims = claims;
         clock.computeStart();
-        const posted: Promise<void>[] = [];
-        for (let w = 0; w < idle; w++) posted.push(post(task, batch));
+        const posted: Promise<void>[] = claims ? [post(task, batch)] : [];
         try {
           stats.addCompute(layer, computeBatch(task).computeMs);
         } catch (err) {
@@ -294,12 +296,7 @@ export class ExpertDispatcher implements ExpertRunner {
       }
     };
 
-    // Misses start reading first: nothing below changes what to read.
     lookUp();
-    // The previous layers' worker replies are waiting in the event loop (a layer ends on the claim
-    // counter, without yielding): until they are taken in, piscina counts those workers as busy and
-    // would queue this layer's tasks instead of starting them.
-    if (this.outstanding.size > 0) await new Promise<void>((resolve) => setImmediate(resolve));
     dispatch();
     finishIfIdle();
     await done;

@@ -3,6 +3,7 @@
 // pool's workers are the parallelism). Two task shapes: one expert returning its output (ExpertTask),
 // or several experts of one layer writing into a shared output buffer (ExpertBatchTask: one message per
 // worker per layer instead of one per expert, and no per-expert garbage).
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import { expertFfnInto, type MatrixBytes } from './ffn.js';
 import type { GGMLType } from '../model/ggml-types.js';
@@ -62,6 +63,8 @@ export interface ExpertBatchTask {
    * workers, all given this same task): see SharedClaims. Absent: this thread computes every expert.
    */
   claims?: Int32Array;
+  /** Compute just these experts (a retry of what a failed worker had claimed), marking them in claims if set. */
+  only?: number[];
   /** Tests only, as in ExpertTask. */
   fault?: 'exit' | 'throw';
 }
@@ -106,23 +109,62 @@ export const SharedClaims = {
  * or with task.claims the experts this thread claims. `only`: just these experts (the dispatcher
  * finishing what a failed worker had claimed).
  */
-export function computeBatch(task: ExpertBatchTask, only?: readonly number[]): BatchResult {
+export function computeBatch(task: ExpertBatchTask, only: readonly number[] | undefined = task.only): BatchResult {
   const t0 = performance.now();
   const claims = task.claims;
+  const computed = (i: number): void => {
+    if (!claims) return;
+    Atomics.store(claims, 2 + i, 1);
+    Atomics.add(claims, 1, 1);
+    Atomics.notify(claims, 1);
+  };
   if (only) {
-    for (const i of only) computeExpertOfBatch(task, i);
+    for (const i of only) {
+      computeExpertOfBatch(task, i);
+      computed(i);
+    }
   } else if (!claims) {
     for (let i = 0; i < task.experts.length; i++) computeExpertOfBatch(task, i);
   } else {
     const n = task.experts.length;
     for (let i = Atomics.add(claims, 0, 1); i < n; i = Atomics.add(claims, 0, 1)) {
       computeExpertOfBatch(task, i);
-      Atomics.store(claims, 2 + i, 1);
-      Atomics.add(claims, 1, 1);
-      Atomics.notify(claims, 1);
+      computed(i);
     }
   }
   return { computeMs: performance.now() - t0 };
+}
+
+/** A serving worker's mailbox: batches arrive as {id, task} on `port`; ctrl[0] counts posts, ctrl[1] = 1 asks it to stop. */
+export interface ServeTask {
+  serve: { ctrl: Int32Array; port: MessagePort };
+}
+
+/** Reply for each served batch, on the same port. */
+export interface ServedBatch { id: number; computeMs: number }
+
+/**
+ * The serving loop (a piscina task that runs until stopped): sleeps on ctrl[0] (a futex, no spinning),
+ * takes the posted batches synchronously from its port, computes its claims of each and replies. A
+ * batch costs the dispatcher one postMessage and one Atomics.notify instead of a piscina task.
+ */
+function serve({ ctrl, port }: ServeTask['serve']): BatchResult {
+  let computeMs = 0;
+  for (;;) {
+    const posted = Atomics.load(ctrl, 0);
+    if (Atomics.load(ctrl, 1) === 1) break;
+    for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+      const { id, task } = m.message as { id: number; task: ExpertBatchTask };
+      if (task.fault === 'exit') process.exit(70);
+      if (task.fault === 'throw') throw new Error('injected worker fault');
+      const r = computeBatch(task);
+      computeMs += r.computeMs;
+      port.postMessage({ id, computeMs: r.computeMs } satisfies ServedBatch);
+    }
+    Atomics.wait(ctrl, 0, posted); // returns at once if something was posted since `posted` was read
+  }
+  port.close();
+  return { computeMs };
 }
 
 function computeExpertOfBatch(task: ExpertBatchTask, index: number): void {
@@ -156,7 +198,8 @@ function view(slab: SharedArrayBuffer, m: MatrixInSlab): MatrixBytes {
   return { type: m.type, rows: m.rows, cols: m.cols, data: new Uint8Array(slab, m.offset, m.byteLength) };
 }
 
-export default function computeExpert(task: ExpertTask | ExpertBatchTask): ExpertResult | BatchResult {
+export default function computeExpert(task: ExpertTask | ExpertBatchTask | ServeTask): ExpertResult | BatchResult {
+  if ('serve' in task) return serve(task.serve);
   if (task.fault === 'exit') process.exit(70); // in a worker thread this ends the thread only
   if (task.fault === 'throw') throw new Error('injected worker fault');
   if ('experts' in task) return computeBatch(task);
