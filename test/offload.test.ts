@@ -2,6 +2,7 @@
 // engine for any budget and thread count; bad budgets, read errors and worker crashes are clear errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -180,4 +181,18 @@ test('a worker crash mid-task is retried (same logits); a task that fails twice 
   } finally {
     await model.close();
   }
+});
+
+test('after an evaluation, the serving workers do not keep the process alive (a script that never closes the model exits)', () => {
+  const model = new URL('../src/engine/model.js', import.meta.url).href;
+  const script = `import { loadModel } from ${JSON.stringify(model)};
+    const m = await loadModel(${JSON.stringify(join(FIXTURES, 'qwen2moe-q4_0.gguf'))}, { threads: 2, offload: { ramCache: '100%', threads: 2 } });
+    const s = m.newSequence();
+    await s.eval([1, 2, 3, 4]);
+    await s.eval([5]);
+    console.log('evaluated');`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.error, undefined, 'the process did not exit on its own');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /evaluated/);
 });

@@ -88,6 +88,14 @@ export class ExpertPool {
     return { computeMs: results.reduce((a, r) => a + r.computeMs, 0) };
   }
 
+  /**
+   * Ends the serving workers' loops (the next runShared starts new ones). A loop holds its worker, and
+   * a busy worker keeps the process alive: the dispatcher parks them at the end of every evaluation.
+   */
+  parkServing(): void {
+    for (const lane of this.lanes) lane.stop();
+  }
+
   /** The serving workers, started on first use and replaced when one has stopped. */
   private serving(): ServingLane[] {
     for (let i = 0; i < this.servingWorkers; i++) {
@@ -138,6 +146,7 @@ export class ExpertPool {
  * either side; its replies come back on the port and settle the batch's promise.
  */
 class ServingLane {
+  /** No new batches: stop() was called or the loop has ended. */
   stopped = false;
   private readonly ctrl = new Int32Array(new SharedArrayBuffer(8));
   private readonly port: MessagePort;
@@ -167,7 +176,10 @@ class ServingLane {
     return done;
   }
 
+  /** Asks the loop to end once it has replied to what was posted (replies still arrive). */
   stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
     Atomics.store(this.ctrl, 1, 1);
     Atomics.add(this.ctrl, 0, 1);
     Atomics.notify(this.ctrl, 0);

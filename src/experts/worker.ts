@@ -152,7 +152,7 @@ function serve({ ctrl, port }: ServeTask['serve']): BatchResult {
   let computeMs = 0;
   for (;;) {
     const posted = Atomics.load(ctrl, 0);
-    if (Atomics.load(ctrl, 1) === 1) break;
+    const stop = Atomics.load(ctrl, 1) === 1; // read before draining: what was posted before the stop is served
     for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
       const { id, task } = m.message as { id: number; task: ExpertBatchTask };
       if (task.fault === 'exit') process.exit(70);
@@ -161,6 +161,7 @@ function serve({ ctrl, port }: ServeTask['serve']): BatchResult {
       computeMs += r.computeMs;
       port.postMessage({ id, computeMs: r.computeMs } satisfies ServedBatch);
     }
+    if (stop) break;
     Atomics.wait(ctrl, 0, posted); // returns at once if something was posted since `posted` was read
   }
   port.close();
