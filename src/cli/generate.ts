@@ -27,6 +27,7 @@ interface RawGenerateOptions {
   json?: boolean;
   ramCache?: string;
   directIo?: boolean;
+  prefetch?: boolean;
   stats?: boolean;
   trace?: string;
 }
@@ -46,6 +47,8 @@ export interface GenerateOptions {
   /** --ram-cache as given (parsed against the model's expert bytes once it is open); undefined = default. */
   ramCache: string | undefined;
   directIo: boolean;
+  /** --prefetch: read the next layer's predicted experts while this layer computes. */
+  prefetch: boolean;
   stats: boolean;
   /** --trace FILE: record the routing there. */
   trace: string | undefined;
@@ -81,6 +84,7 @@ export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
     json: raw.json ?? false,
     ramCache: raw.ramCache,
     directIo: raw.directIo ?? false,
+    prefetch: raw.prefetch ?? false,
     stats: raw.stats ?? false,
     trace: raw.trace,
   };
@@ -92,7 +96,7 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
   const trace = startTrace(o.trace, { tiers: true });
   const model = await loadModel(o.model, {
     threads: o.threads, onRoute: trace?.onRoute,
-    offload: { ramCache: o.ramCache, directIo: o.directIo, threads: o.threads, onServe: trace?.onServe },
+    offload: { ramCache: o.ramCache, directIo: o.directIo, prefetch: o.prefetch, threads: o.threads, onServe: trace?.onServe },
   });
   try {
     const tok = model.tokenizer;
@@ -170,13 +174,17 @@ logprob and top come from the plain softmax of the logits, before temperature an
 "stats.experts" holds the offloading counters (as --stats prints them): ramCacheBytes, threads,
 retries, and per layer and in "total": hits, misses, evictions, reads, bytesRead, readMs (summed over
 reads), stallMs (waiting on reads with no expert computing), tasks, computeMs (summed over workers),
-wallMs.
+wallMs; "prefetch" (with --prefetch): issued, used, wasted, bytes.
 
 Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed by
 --threads worker threads; peak memory stays under the resident weights + --ram-cache + a fixed
 overhead of 96 MiB + 16 MiB per worker thread (measured by the test suite).
 --ram-cache takes ${SIZE_FORMS}. Its default: ${DEFAULT_RAM_CACHE_HELP}, minus the resident weights,
 and at most all experts. A budget below one layer's experts in use is an error that states the minimum.
+--prefetch guesses each next layer's experts (its router applied to the hidden state early, right
+for most of them) and reads them from disk while the current layer computes. It helps when the RAM
+cache is smaller than the experts, so that experts are read from disk as the tokens are made; when
+everything is cached it does nothing but the guess. The output is the same either way.
 
 ${TRACE_HELP}`;
 
@@ -197,6 +205,7 @@ export function registerGenerateCommand(program: Command): void {
     .option('--json', 'print one JSON object with the text, per-token log-probabilities and timings')
     .option('--ram-cache <size>', 'RAM for cached experts, e.g. 512MiB, 4GiB or 25% of all expert bytes (default: free memory, see below)')
     .option('--direct-io', 'read experts with O_DIRECT, so the page cache does not hold a second copy')
+    .option('--prefetch', 'read the next layer\'s predicted experts while this layer computes (helps when --ram-cache is smaller than the experts)')
     .option('--stats', 'print expert cache and timing statistics to stderr at the end');
   addTraceOption(cmd)
     .addHelpText('after', HELP)

@@ -12,6 +12,7 @@ import { causalAttention } from './attention.js';
 import { KVCache } from './kv-cache.js';
 import { moeForward, type ExpertWeights, type SharedExpert } from './moe-layer.js';
 import { rmsNorm } from './norm.js';
+import { route } from './router.js';
 import { applyRope, ropeAngles, type RopeAngles, type RopeParams } from './rope.js';
 import { readVector, readWeight, Weight } from './weights.js';
 
@@ -335,11 +336,13 @@ class ModelSequence implements Sequence {
       const o = w.output.matmul(attn, n, threads);
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]!;
 
+      const prefetch = l + 1 < hp.nLayer && this.m.offload?.prefetching ? this.predictExperts(l + 1, x, n) : undefined;
       rmsNorm(x, n, E, hp.eps, w.ffnNorm, xn);
       const ffn = await moeForward(xn, n, {
         layer: l, nEmbd: E, nExpert: hp.nExpert, nExpertUsed: hp.nExpertUsed,
         normalize: this.m.architecture.normalizeExpertWeights, threads, router: w.router, shared: w.shared,
         experts: this.m.experts, runner: this.m.offload, onRoute: this.m.onRoute, start: this.n,
+        ...(prefetch ? { prefetch } : {}),
       });
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + ffn[i]!;
     }
@@ -350,6 +353,20 @@ class ModelSequence implements Sequence {
     const logits = this.m.output.matmul(xn, rows, threads);
     this.n += n;
     return logits;
+  }
+
+  /**
+   * A guess at layer l's experts made before the layer before it runs its experts: layer l's router
+   * applied to the current hidden state normed with layer l's ffn norm. Only the batch's last token is
+   * predicted (in decode, the only one): a prompt batch's union would not fit a small cache anyway.
+   */
+  private predictExperts(l: number, x: Float32Array, n: number): { layer: number; experts: number[] } {
+    const { hp, threads, layers, architecture } = this.m;
+    const E = hp.nEmbd;
+    const w = layers[l]!;
+    const row = rmsNorm(x.subarray((n - 1) * E, n * E), 1, E, hp.eps, w.ffnNorm, new Float32Array(E));
+    const logits = w.router.matmul(row, 1, threads);
+    return { layer: l, experts: route(logits, 0, hp.nExpert, hp.nExpertUsed, architecture.normalizeExpertWeights).experts };
   }
 
   /**

@@ -38,7 +38,12 @@ export interface MoeLayerParams {
    * When set, the routed experts are handed to it (offloading: RAM cache, reads, worker pool) instead
    * of being computed here from `experts`; the results are combined the same way, so they are identical.
    */
-  runner?: ExpertRunner;
+  runner?: ExpertRunner & { prefetch?(layer: number, experts: readonly number[]): void };
+  /**
+   * Experts predicted for a later layer: handed to runner.prefetch right after this layer's experts
+   * went to the runner (so this layer's own reads are queued first), before waiting for them.
+   */
+  prefetch?: { layer: number; experts: readonly number[] };
   /** Called once per token with its selection (position = absolute position in the sequence). */
   onRoute?: (layer: number, position: number, experts: number[], weights: number[]) => void;
   /** Absolute position of the first token of the batch. */
@@ -68,7 +73,9 @@ export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerPa
   let ys: Float32Array[];
   if (p.runner) {
     parkThreads();  // the native matmul helpers would otherwise spin on the cores the expert workers need
-    ys = await p.runner.runExperts(p.layer, x, nEmbd, used.map(({ users, e }) => ({ expert: e, rows: Int32Array.from(users, (u) => u.token) })));
+    const running = p.runner.runExperts(p.layer, x, nEmbd, used.map(({ users, e }) => ({ expert: e, rows: Int32Array.from(users, (u) => u.token) })));
+    if (p.prefetch) p.runner.prefetch?.(p.prefetch.layer, p.prefetch.experts);
+    ys = await running;
   } else {
     ys = [];
     for (const { users, e } of used) {

@@ -140,6 +140,8 @@ class Entry implements HostEntry {
   /** Pins held; an entry with pins > 0 is never evicted. */
   pins = 0;
   loaded = false;
+  /** Read by prefetch() and not yet looked up: a lookup counts it used, an eviction wasted. */
+  prefetched = false;
   /** Settles when the load does; rejects (and the entry is gone) when the load fails. */
   ready: Promise<void> = Promise.resolve();
   constructor(readonly key: number, readonly layer: number, readonly expert: number, readonly slot: Slot, layout: SlotLayout,
@@ -175,13 +177,25 @@ export interface CacheCounters {
   failedLoads: number;
 }
 
+/** Reads started by prefetch(); a failed one counts in CacheCounters.failedLoads too. */
+export interface PrefetchCounters {
+  issued: number;
+  /** Of those: looked up afterwards (a hit), or evicted or failed before any lookup. */
+  used: number;
+  wasted: number;
+  /** Expert bytes (unpadded) that prefetch reads completed. */
+  bytes: number;
+}
+
 export interface CacheStats {
   total: CacheCounters;
   /** Indexed by layer. */
   layers: CacheCounters[];
+  prefetch: { total: PrefetchCounters; layers: PrefetchCounters[] };
 }
 
 const zero = (): CacheCounters => ({ hits: 0, misses: 0, evictions: 0, insertedBytes: 0, failedLoads: 0 });
+const zeroPrefetch = (): PrefetchCounters => ({ issued: 0, used: 0, wasted: 0, bytes: 0 });
 
 export interface HostCacheOptions {
   budgetBytes: number;
@@ -207,6 +221,10 @@ export class HostCache {
   private readonly lru: LRUCache<number, Entry>;
   private readonly counters: CacheCounters[];
   private readonly totals = zero();
+  private readonly prefetchCounters: PrefetchCounters[];
+  private readonly prefetchTotals = zeroPrefetch();
+  /** Prefetched entries whose read is still running: unpinned, yet not evictable (the read writes into the slot). */
+  private readonly prefetching = new Set<Entry>();
 
   constructor(opts: HostCacheOptions) {
     const { experts } = opts;
@@ -227,6 +245,7 @@ export class HostCache {
     }
     this.allocator = new SlotAllocator({ slotBytes, budgetBytes: Math.floor(opts.budgetBytes), backing: this.backing, ...(opts.slabBytes ? { slabBytes: opts.slabBytes } : {}) });
     this.counters = Array.from({ length: experts.layers }, zero);
+    this.prefetchCounters = Array.from({ length: experts.layers }, zeroPrefetch);
     this.lru = new LRUCache<number, Entry>({
       maxSize: this.allocator.maxSlots * slotBytes,
       sizeCalculation: () => slotBytes,
@@ -267,11 +286,60 @@ export class HostCache {
    * synchronously, in the call, either way (same counters, same LRU order).
    */
   pinOrLoad(layer: number, expert: number, load: (entry: HostEntry) => Promise<void>): HostEntry | Promise<HostEntry> {
+    // A miss with every slot pinned or being filled by a prefetch: wait for one of those reads, then look up
+    // again (without prefetches this cannot happen where takeSlot would not throw its budget error anyway).
+    if (this.prefetching.size > 0 && !this.lru.has(expertKey(layer, expert, this.expertCount)) && !this.canTakeSlot()) {
+      const reads = [...this.prefetching].map((e) => e.ready.then(() => undefined, () => undefined));
+      return Promise.race(reads).then(() => this.pinOrLoad(layer, expert, load));
+    }
     const { entry, hit } = this.lookup(layer, expert);
     entry.pins++;
     if (hit && entry.loaded) return entry;
     if (!hit) entry.ready = this.runLoad(entry, load);
     return entry.ready.then(() => entry);
+  }
+
+  /**
+   * Starts reading an expert that is expected to be used soon, without counting a hit or a miss and
+   * without a pin: it takes a free slot, or the least-recently-used unpinned expert's, as a miss would,
+   * but never one of `spare`'s layers (the caller's current layer) and never where it would have to wait.
+   * An expert already resident (or loading) is only marked recently used. Returns whether a read started.
+   * A failed read never throws: the entry is dropped (counted failed and wasted) and a later lookup misses.
+   */
+  prefetch(layer: number, expert: number, load: (entry: HostEntry) => Promise<void>, spare: readonly number[] = []): boolean {
+    const layout = this.layouts[layer];
+    if (!layout || !Number.isInteger(expert) || expert < 0 || expert >= this.expertCount) return false;
+    const key = expertKey(layer, expert, this.expertCount);
+    if (this.lru.get(key)) return false; // marks it most recently used
+    let slot: Slot | undefined;
+    if (this.allocator.canAlloc()) {
+      slot = this.allocator.alloc();
+    } else {
+      const victim = this.findVictim((e) => !spare.includes(e.layer));
+      if (!victim) return false;
+      this.evict(victim);
+      slot = this.allocator.alloc();
+    }
+    if (!slot) return false;
+    const entry = new Entry(key, layer, expert, slot, layout, () => this.experts.expertRange(layer, expert));
+    entry.prefetched = true;
+    this.lru.set(key, entry);
+    this.prefetching.add(entry);
+    const c = this.prefetchCounters[layer]!;
+    c.issued++;
+    this.prefetchTotals.issued++;
+    entry.ready = this.runLoad(entry, load).then(() => {
+      c.bytes += layout.expertBytes;
+      this.prefetchTotals.bytes += layout.expertBytes;
+    }).finally(() => this.prefetching.delete(entry));
+    // Marked handled: a failure reaches only lookups that joined this read (they report it as a failed load).
+    entry.ready.catch(() => undefined);
+    return true;
+  }
+
+  /** Settles once every prefetch read under way has (never rejects). */
+  async prefetchesSettled(): Promise<void> {
+    while (this.prefetching.size > 0) await Promise.allSettled([...this.prefetching].map((e) => e.ready));
   }
 
   /**
@@ -302,7 +370,8 @@ export class HostCache {
   }
 
   stats(): CacheStats {
-    return { total: { ...this.totals }, layers: this.counters.map((c) => ({ ...c })) };
+    return { total: { ...this.totals }, layers: this.counters.map((c) => ({ ...c })),
+      prefetch: { total: { ...this.prefetchTotals }, layers: this.prefetchCounters.map((c) => ({ ...c })) } };
   }
 
   /** THE hit/miss decision, shared by getOrLoad() and access(). A loading entry counts as a hit (no second read). */
@@ -316,6 +385,11 @@ export class HostCache {
     if (found) {
       c.hits++;
       this.totals.hits++;
+      if (found.prefetched) {
+        found.prefetched = false;
+        this.prefetchCounters[layer]!.used++;
+        this.prefetchTotals.used++;
+      }
       return { entry: found, hit: true };
     }
     const slot = this.takeSlot(layer);
@@ -332,11 +406,7 @@ export class HostCache {
   private takeSlot(layer: number): Slot {
     // Invariant: entries in lru == used slots; used + free slot bytes == allocated slab bytes <= budget.
     if (!this.allocator.canAlloc()) {
-      let victim: Entry | undefined;
-      for (const key of this.lru.rkeys()) { // least recently used first
-        const e = this.lru.peek(key)!;
-        if (e.pins === 0) { victim = e; break; }
-      }
+      const victim = this.findVictim();
       if (!victim) {
         const pinned = this.lru.size;
         const min = minimumBudget(this.slotBytes, pinned + 1);
@@ -344,13 +414,37 @@ export class HostCache {
           `RAM cache budget ${formatBytes(this.budgetBytes)} is full with ${pinned} experts all in use, and layer ${layer} needs one more; the minimum for ${pinned + 1} experts in use at once is ${formatBytes(min)}`,
           `give --ram-cache ${min} or more`);
       }
-      this.lru.delete(victim.key); // dispose() frees the slot
-      this.counters[victim.layer]!.evictions++;
-      this.totals.evictions++;
+      this.evict(victim);
     }
     const slot = this.allocator.alloc();
     if (!slot) throw new Error('slot allocator full after making room'); // cannot happen: see canAlloc()
     return slot;
+  }
+
+  /** The least-recently-used entry that is unpinned, not being filled by a prefetch, and `allowed`. */
+  private findVictim(allowed: (e: Entry) => boolean = () => true): Entry | undefined {
+    for (const key of this.lru.rkeys()) { // least recently used first
+      const e = this.lru.peek(key)!;
+      if (e.pins === 0 && !this.prefetching.has(e) && allowed(e)) return e;
+    }
+    return undefined;
+  }
+
+  private canTakeSlot(): boolean {
+    return this.allocator.canAlloc() || this.findVictim() !== undefined;
+  }
+
+  private evict(victim: Entry): void {
+    this.lru.delete(victim.key); // dispose() frees the slot
+    this.counters[victim.layer]!.evictions++;
+    this.totals.evictions++;
+    if (victim.prefetched) this.countWasted(victim);
+  }
+
+  private countWasted(entry: Entry): void {
+    entry.prefetched = false;
+    this.prefetchCounters[entry.layer]!.wasted++;
+    this.prefetchTotals.wasted++;
   }
 
   private runLoad(entry: Entry, load: (entry: HostEntry) => Promise<void>): Promise<void> {
@@ -360,6 +454,7 @@ export class HostCache {
         // Drop the entry so no one finds half-filled weights; its pins die with it.
         entry.pins = 0;
         if (this.lru.peek(entry.key) === entry) this.lru.delete(entry.key);
+        if (entry.prefetched) this.countWasted(entry);
         this.counters[entry.layer]!.failedLoads++;
         this.totals.failedLoads++;
         throw err;
@@ -374,6 +469,7 @@ export class HostCache {
     if (this.lru.calculatedSize !== this.lru.size * this.slotBytes) fail('lru size differs from slot bytes');
     if (this.allocator.allocatedBytes > this.budgetBytes) fail('allocated past the budget');
     const seen = new Set<number>();
+    for (const e of this.prefetching) if (this.lru.peek(e.key) !== e) fail(`prefetch of ${e.key} loading outside the cache`);
     for (const e of this.lru.values()) {
       if (e.pins < 0) fail(`negative pins on ${e.key}`);
       if (seen.has(e.slot.index)) fail(`slot ${e.slot.index} held twice`);

@@ -20,6 +20,11 @@ export interface OffloadOptions {
   directIo?: boolean;
   /** Worker threads computing experts (default 1). */
   threads?: number;
+  /**
+   * Read the experts the engine predicts for the next layer (its router applied early) while this layer
+   * computes. Helps when the RAM cache is smaller than the experts and misses go to the disk; default off.
+   */
+  prefetch?: boolean;
   /** Told, per expert job, which tier served it and how long it waited (trace recording: CliTrace.onServe). */
   onServe?: ServeHook;
 }
@@ -53,6 +58,9 @@ export class ExpertOffload implements ExpertRunner {
   private readonly file: PositionedFile;
   private readonly dispatcher: ExpertDispatcher;
   private readonly statsKeeper: ExpertStats;
+  private readonly reader: ExpertReader;
+  /** OffloadOptions.prefetch: whether prefetch() reads anything (the engine predicts only when it is set). */
+  readonly prefetching: boolean;
   private closed = false;
 
   constructor(path: string, locator: ExpertLocator, opts: OffloadOptions = {}) {
@@ -68,6 +76,8 @@ export class ExpertOffload implements ExpertRunner {
     this.file = new PositionedFile(path, { direct: opts.directIo ?? false });
     this.statsKeeper = new ExpertStats(locator.layers);
     const reader = new ExpertReader(this.file, locator, (l, bytes, ms) => this.statsKeeper.addRead(l, bytes, ms));
+    this.reader = reader;
+    this.prefetching = opts.prefetch ?? false;
     this.pool = new ExpertPool({ threads: opts.threads ?? 1 });
     this.dispatcher = new ExpertDispatcher({ cache: this.cache, reader, pool: this.pool, locator, stats: this.statsKeeper,
       ...(opts.onServe ? { onServe: opts.onServe } : {}) });
@@ -75,6 +85,16 @@ export class ExpertOffload implements ExpertRunner {
 
   runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]> {
     return this.dispatcher.runExperts(layer, x, nEmbd, jobs);
+  }
+
+  /**
+   * Starts reading `experts` of `layer` (predicted, not yet routed) into free or least-recently-used
+   * slots, sparing the layer before it (the one computing now, whose reads were issued first). Never
+   * throws and never waits; a read that fails is dropped and a later lookup reads the expert again.
+   */
+  prefetch(layer: number, experts: readonly number[]): void {
+    if (!this.prefetching || this.closed) return;
+    for (const e of experts) this.cache.prefetch(layer, e, (entry) => this.reader.load(entry), [layer - 1]);
   }
 
   /** Waits for worker tasks that outlived their layer; throws what failed among them (the engine calls it after each evaluation). */
@@ -92,6 +112,7 @@ export class ExpertOffload implements ExpertRunner {
     try {
       await this.pool.close();
     } finally {
+      await this.cache.prefetchesSettled(); // their reads write into the slabs from the file below
       this.file.close();
     }
   }

@@ -1,6 +1,6 @@
 // What offloading cost, per layer and in total: cache hits and misses (counted by HostCache, where the
 // decision is made), bytes and time of reads, time the forward pass stalled on reads, and compute time.
-import type { CacheStats } from './host-cache.js';
+import type { CacheStats, PrefetchCounters } from './host-cache.js';
 import { formatBytes } from './size.js';
 
 /** Counters the dispatcher and reader keep per layer (cache counters come from HostCache). */
@@ -36,6 +36,12 @@ export interface ExpertStatsSnapshot {
   total: ExpertLayerStats;
   /** Indexed by layer; layers without experts are all zeros. */
   layers: ExpertLayerStats[];
+  /**
+   * Reads of the next layer's predicted experts (OffloadOptions.prefetch), in total: issued, then used
+   * (looked up afterwards) or wasted (evicted or failed first), and their bytes. Their reads are in
+   * total.reads / bytesRead too; their later lookups count as hits.
+   */
+  prefetch: PrefetchCounters;
 }
 
 const zero = (): IoComputeCounters => ({ reads: 0, bytesRead: 0, readMs: 0, stallMs: 0, tasks: 0, computeMs: 0, wallMs: 0 });
@@ -71,7 +77,7 @@ export class ExpertStats {
       for (const key of Object.keys(t) as (keyof ExpertLayerStats)[]) t[key] += c[key];
       return t;
     }, { hits: 0, misses: 0, evictions: 0, ...zero() });
-    return { ...extra, total, layers };
+    return { ...extra, total, layers, prefetch: { ...cache.prefetch.total } };
   }
 }
 
@@ -88,9 +94,11 @@ export function formatExpertStats(s: ExpertStatsSnapshot): string {
   rows.push(row('total', s.total));
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
+  const p = s.prefetch;
   return [
     `experts: RAM cache ${formatBytes(s.ramCacheBytes)}, ${s.threads} worker thread${s.threads === 1 ? '' : 's'}` +
       (s.retries ? `, ${s.retries} worker task${s.retries === 1 ? '' : 's'} retried` : ''),
     line(head), ...rows.map(line),
+    ...(p.issued > 0 ? [`prefetch: ${p.issued} issued, ${p.used} used, ${p.wasted} wasted, ${short(p.bytes)} read`] : []),
   ].join('\n');
 }
