@@ -36,6 +36,8 @@ export interface OffloadSettings {
   ramCachePercents: number[];
   /** Page-cache (buffered read) rows as well, for these percents. */
   pageCachePercents: number[];
+  /** Direct-I/O rows with OffloadOptions.prefetch as well, for these percents. */
+  prefetchPercents: number[];
   warmupTokens: number;
   timedTokens: number;
   /** Experts read per pass of the read-bandwidth probes. */
@@ -51,9 +53,9 @@ export interface OffloadSettings {
 
 export function defaultOffloadSettings(quick: boolean): OffloadSettings {
   return quick
-    ? { quick, shape: OLMOE_LIKE_QUICK, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [],
+    ? { quick, shape: OLMOE_LIKE_QUICK, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [], prefetchPercents: [50, 25],
       warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16, timelinePercent: 50, timelineTokens: 2 }
-    : { quick, shape: OLMOE_LIKE, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [50, 25],
+    : { quick, shape: OLMOE_LIKE, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [50, 25], prefetchPercents: [50, 25],
       warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 64, timelinePercent: 50, timelineTokens: 4 };
 }
 
@@ -67,6 +69,8 @@ export interface DecodeRow {
   ramCachePercent: number;
   ramCacheBytes: number;
   io: 'direct' | 'page cache';
+  /** OffloadOptions.prefetch on: the timed tokens' prefetches (issued, then looked up or evicted unused). */
+  prefetch?: { issued: number; used: number; wasted: number };
   promptTokens: number;
   promptMs: number;
   /** Per timed token. */
@@ -444,9 +448,9 @@ function delta(a: ExpertStatsSnapshot, b: ExpertStatsSnapshot, ms: number): Toke
   return { ms, hits: d('hits'), misses: d('misses'), bytesRead: d('bytesRead'), stallMs: d('stallMs'), wallMs: d('wallMs'), computeMs: d('computeMs') };
 }
 
-async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: OffloadSettings):
+async function decodeRun(path: string, percent: number, io: DecodeRow['io'], prefetch: boolean, s: OffloadSettings):
   Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio' | 'rowReadGbps' | 'readBoundMsGlobalBandwidth'>> {
-  const model = await loadModel(path, { threads: s.threads, offload: { ramCache: `${percent}%`, threads: s.threads, directIo: io === 'direct' } });
+  const model = await loadModel(path, { threads: s.threads, offload: { ramCache: `${percent}%`, threads: s.threads, directIo: io === 'direct', prefetch } });
   try {
     const prompt = model.tokenizer.encode(PROMPT, { addSpecial: true });
     const seq = model.newSequence();
@@ -459,17 +463,20 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: 
     const promptMs = performance.now() - t0;
     const timed: TokenDelta[] = [];
     const io0 = ioCounters();
+    let prefetch0 = model.expertStats()!.prefetch;
     for (let i = 0; i < s.warmupTokens + s.timedTokens; i++) {
       const token = sampler.sample(logits);
       const before = model.expertStats()!;
+      if (i === s.warmupTokens) prefetch0 = before.prefetch;
       t0 = performance.now();
       logits = await seq.eval([token], { lastOnly: true });
       const ms = performance.now() - t0;
       if (i >= s.warmupTokens) timed.push(delta(before, model.expertStats()!, ms));
     }
     const io1 = ioCounters();
+    const prefetch1 = model.expertStats()!.prefetch;
     let timeline: TokenTimeline[] | undefined;
-    if (io === 'direct' && percent === s.timelinePercent && s.timelineTokens > 0) {
+    if (io === 'direct' && !prefetch && percent === s.timelinePercent && s.timelineTokens > 0) {
       timeline = await recordTimeline(s.timelineTokens, async () => {
         logits = await seq.eval([sampler.sample(logits)], { lastOnly: true });
       });
@@ -478,7 +485,9 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], s: 
     const sum = (k: keyof TokenDelta) => timed.reduce((a, t) => a + t[k], 0);
     const msPerToken = summarize(timed.map((t) => t.ms));
     return {
-      ramCachePercent: percent, ramCacheBytes: model.expertStats()!.ramCacheBytes, io, promptTokens: prompt.length, promptMs,
+      ramCachePercent: percent, ramCacheBytes: model.expertStats()!.ramCacheBytes, io,
+      ...(prefetch ? { prefetch: { issued: prefetch1.issued - prefetch0.issued, used: prefetch1.used - prefetch0.used, wasted: prefetch1.wasted - prefetch0.wasted } } : {}),
+      promptTokens: prompt.length, promptMs,
       msPerToken, tokensPerS: 1000 / msPerToken.median,
       hitRate: sum('hits') / Math.max(1, sum('hits') + sum('misses')),
       bytesReadPerToken: sum('bytesRead') / n, stallMsPerToken: sum('stallMs') / n,
@@ -538,16 +547,17 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
 
   const computedTotal = computedExperts + resident;
   const rows: DecodeRow[] = [];
-  const runs: [number, DecodeRow['io']][] = [
-    ...s.ramCachePercents.map((p): [number, DecodeRow['io']] => [p, 'direct']),
-    ...s.pageCachePercents.map((p): [number, DecodeRow['io']] => [p, 'page cache']),
+  const runs: [number, DecodeRow['io'], boolean][] = [
+    ...s.ramCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', false]),
+    ...s.prefetchPercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', true]),
+    ...s.pageCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'page cache', false]),
   ];
-  for (const [ri, [percent, io]] of runs.entries()) {
+  for (const [ri, [percent, io, prefetch]] of runs.entries()) {
     const direct = io === 'direct';
-    progress(`decode: RAM cache ${percent}%, misses read ${direct ? 'with O_DIRECT' : 'through the page cache'} (read bandwidth probed before and after)`);
+    progress(`decode: RAM cache ${percent}%, misses read ${direct ? 'with O_DIRECT' : 'through the page cache'}${prefetch ? ', next layer prefetched' : ''} (read bandwidth probed before and after)`);
     const probe = (seed: number) => rowReadProbe(model.path, locator, direct, s.rowProbeExperts, direct ? seed : 11).catch(() => NaN);
     const before = await probe(300 + 2 * ri);
-    const r = await decodeRun(model.path, percent, io, s);
+    const r = await decodeRun(model.path, percent, io, prefetch, s);
     const after = await probe(301 + 2 * ri);
     // Both probes read the same bytes: the combined rate is the harmonic mean (total bytes / total time).
     const combined = Number.isFinite(before) && Number.isFinite(after) ? 2 / (1 / before + 1 / after) : (Number.isFinite(before) ? before : after);
@@ -590,7 +600,7 @@ export function offloadTable(r: OffloadBenchResult): string {
   ];
   const header = ['RAM cache', 'misses via', 'row GB/s', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
   const rows = [header, ...r.rows.map((x) => [
-    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.io, `${f(x.rowReadGbps.before)}/${f(x.rowReadGbps.after)}`, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
+    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.prefetch ? `${x.io} + prefetch` : x.io, `${f(x.rowReadGbps.before)}/${f(x.rowReadGbps.after)}`, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
     f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1), f(x.computeMsPerToken, 1),
     f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1), f(x.ratio),
     x.ratio <= TARGET_RATIO ? 'met' : `NOT met (target <= ${TARGET_RATIO})`,
@@ -600,6 +610,12 @@ export function offloadTable(r: OffloadBenchResult): string {
   lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN compute time summed over the threads');
   lines.push('computing experts (workers, and the main thread\'s share with 2+ threads); other ms = ms/tok - experts ms (attention, norms,');
   lines.push('routers, output, on the main thread)');
+  for (const x of r.rows) {
+    if (!x.prefetch) continue;
+    const p = x.prefetch;
+    lines.push(`prefetch, ${x.ramCachePercent}% ${x.io}: ${p.used}/${p.issued} prefetched experts used, ${p.wasted} evicted unused, in the timed tokens`
+      + ` (${f(p.issued / Math.max(1, x.msPerToken.samples), 1)} issued/token)`);
+  }
   for (const x of r.rows) {
     if (!x.timeline?.length) continue;
     const n = x.timeline.length;
