@@ -86,7 +86,7 @@ export class ExpertDispatcher implements ExpertRunner {
    */
   async settle(): Promise<void> {
     while (this.outstanding.size > 0) await Promise.all(this.outstanding);
-    this.parts.pool.parkServing();
+    this.parts.pool.parkServingWhenIdle();
     this.throwLateFailure();
   }
 

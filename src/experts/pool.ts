@@ -20,6 +20,7 @@ export class ExpertPool {
   retries = 0;
   private readonly piscina: Piscina<ExpertTask | ExpertBatchTask | ServeTask, ExpertResult | BatchResult>;
   private readonly lanes: ServingLane[] = [];
+  private parkTimer: NodeJS.Timeout | undefined;
   private fault: { attempts: number; kind: 'exit' | 'throw' } | undefined;
   private closed = false;
 
@@ -66,6 +67,7 @@ export class ExpertPool {
     if (this.closed) throw new MoeOffloadError(`the expert worker pool is closed (computing ${what})`);
     if (!task.claims) throw new Error('runShared needs a task with claims');
     const claims = task.claims;
+    clearTimeout(this.parkTimer);
     const fault = this.fault;
     this.fault = undefined;
     const results = await Promise.all(this.serving().map(async (lane, i) => {
@@ -89,11 +91,15 @@ export class ExpertPool {
   }
 
   /**
-   * Ends the serving workers' loops (the next runShared starts new ones). A loop holds its worker, and
-   * a busy worker keeps the process alive: the dispatcher parks them at the end of every evaluation.
+   * Ends the serving workers' loops unless another shared batch comes within `idleMs` (the next
+   * runShared starts new ones). A loop holds its piscina task open, which keeps the process alive: the
+   * dispatcher calls this at the end of every evaluation, so a program that never closes the model
+   * still exits, while a generation's next token finds its serving workers still up.
    */
-  parkServing(): void {
-    for (const lane of this.lanes) lane.stop();
+  parkServingWhenIdle(idleMs = 100): void {
+    clearTimeout(this.parkTimer);
+    this.parkTimer = setTimeout(() => { for (const lane of this.lanes) lane.stop(); }, idleMs);
+    this.parkTimer.unref();
   }
 
   /** The serving workers, started on first use and replaced when one has stopped. */
@@ -135,6 +141,7 @@ export class ExpertPool {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.parkTimer);
     for (const lane of this.lanes) lane.stop();
     await this.piscina.destroy();
   }
