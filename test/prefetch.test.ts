@@ -101,6 +101,26 @@ test('prefetch evicts only unpinned, finished experts outside the spared layers,
   cache.checkInvariants();
 });
 
+test('retirePrefetches drops the layer\'s prefetched experts no lookup used, waiting for reads under way', async () => {
+  const cache = new HostCache({ budgetBytes: 6 * SLOT, experts: uniformExpertSizes(2, 8, BYTES) });
+  cache.prefetch(0, 1, fill);
+  cache.prefetch(1, 1, fill);
+  cache.prefetch(1, 2, fill);
+  const gate = gatedLoader();
+  cache.prefetch(1, 3, gate.load);
+  await new Promise((r) => setTimeout(r, 1));
+  cache.release(await cache.pinOrLoad(1, 1, noLoad)); // used
+  cache.retirePrefetches(1);
+  assert.deepEqual([cache.has(0, 1), cache.has(1, 1), cache.has(1, 2), cache.has(1, 3)], [true, true, false, true]);
+  gate.finish();
+  await cache.prefetchesSettled();
+  await new Promise((r) => setTimeout(r, 1));
+  assert.equal(cache.has(1, 3), false, 'dropped once its read ended');
+  assert.deepEqual(cache.stats().prefetch.total, { issued: 4, used: 1, wasted: 2, bytes: 4 * 260 });
+  assert.equal(cache.size, 2);
+  cache.checkInvariants();
+});
+
 test('a failed prefetch throws nowhere, frees its slot, and a later lookup reads again', async () => {
   const cache = new HostCache({ budgetBytes: 2 * SLOT, experts: uniformExpertSizes(2, 8, BYTES) });
   const gate = gatedLoader();

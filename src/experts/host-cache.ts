@@ -142,6 +142,8 @@ class Entry implements HostEntry {
   loaded = false;
   /** Read by prefetch() and not yet looked up: a lookup counts it used, an eviction wasted. */
   prefetched = false;
+  /** retirePrefetches() came while the read ran: dropped when it ends, unless looked up first. */
+  retire = false;
   /** Settles when the load does; rejects (and the entry is gone) when the load fails. */
   ready: Promise<void> = Promise.resolve();
   constructor(readonly key: number, readonly layer: number, readonly expert: number, readonly slot: Slot, layout: SlotLayout,
@@ -225,6 +227,8 @@ export class HostCache {
   private readonly prefetchTotals = zeroPrefetch();
   /** Prefetched entries whose read is still running: unpinned, yet not evictable (the read writes into the slot). */
   private readonly prefetching = new Set<Entry>();
+  /** Entries with `prefetched` set: read (or being read) by prefetch(), not looked up since. */
+  private readonly unused = new Set<Entry>();
 
   constructor(opts: HostCacheOptions) {
     const { experts } = opts;
@@ -325,16 +329,38 @@ export class HostCache {
     entry.prefetched = true;
     this.lru.set(key, entry);
     this.prefetching.add(entry);
+    this.unused.add(entry);
     const c = this.prefetchCounters[layer]!;
     c.issued++;
     this.prefetchTotals.issued++;
     entry.ready = this.runLoad(entry, load).then(() => {
       c.bytes += layout.expertBytes;
       this.prefetchTotals.bytes += layout.expertBytes;
-    }).finally(() => this.prefetching.delete(entry));
+    }).finally(() => {
+      this.prefetching.delete(entry);
+      if (entry.retire) this.retire(entry);
+    });
     // Marked handled: a failure reaches only lookups that joined this read (they report it as a failed load).
     entry.ready.catch(() => undefined);
     return true;
+  }
+
+  /**
+   * Drops the prefetched experts of `layer` that its lookups did not use (a misprediction), once their
+   * reads end: left in place they would hold a slot for a whole LRU lifetime, pushing out experts that
+   * are used. Call it right after the layer's experts were looked up.
+   */
+  retirePrefetches(layer: number): void {
+    for (const e of [...this.unused]) {
+      if (e.layer !== layer) continue;
+      if (this.prefetching.has(e)) e.retire = true;
+      else this.retire(e);
+    }
+  }
+
+  private retire(e: Entry): void {
+    e.retire = false;
+    if (e.prefetched && e.pins === 0 && this.lru.peek(e.key) === e) this.evict(e);
   }
 
   /** Settles once every prefetch read under way has (never rejects). */
@@ -387,6 +413,8 @@ export class HostCache {
       this.totals.hits++;
       if (found.prefetched) {
         found.prefetched = false;
+        found.retire = false;
+        this.unused.delete(found);
         this.prefetchCounters[layer]!.used++;
         this.prefetchTotals.used++;
       }
@@ -443,6 +471,7 @@ export class HostCache {
 
   private countWasted(entry: Entry): void {
     entry.prefetched = false;
+    this.unused.delete(entry);
     this.prefetchCounters[entry.layer]!.wasted++;
     this.prefetchTotals.wasted++;
   }
@@ -470,6 +499,7 @@ export class HostCache {
     if (this.allocator.allocatedBytes > this.budgetBytes) fail('allocated past the budget');
     const seen = new Set<number>();
     for (const e of this.prefetching) if (this.lru.peek(e.key) !== e) fail(`prefetch of ${e.key} loading outside the cache`);
+    for (const e of this.unused) if (this.lru.peek(e.key) !== e || !e.prefetched) fail(`unused prefetch of ${e.key} outside the cache`);
     for (const e of this.lru.values()) {
       if (e.pins < 0) fail(`negative pins on ${e.key}`);
       if (seen.has(e.slot.index)) fail(`slot ${e.slot.index} held twice`);

@@ -84,7 +84,10 @@ export class ExpertOffload implements ExpertRunner {
   }
 
   runExperts(layer: number, x: Float32Array, nEmbd: number, jobs: readonly ExpertJob[]): Promise<Float32Array[]> {
-    return this.dispatcher.runExperts(layer, x, nEmbd, jobs);
+    const running = this.dispatcher.runExperts(layer, x, nEmbd, jobs);
+    // The layer's experts were looked up in that call: what was prefetched for it and not asked for goes.
+    if (this.prefetching) this.cache.retirePrefetches(layer);
+    return running;
   }
 
   /**
@@ -94,7 +97,7 @@ export class ExpertOffload implements ExpertRunner {
    */
   prefetch(layer: number, experts: readonly number[]): void {
     if (!this.prefetching || this.closed) return;
-    for (const e of experts) this.cache.prefetch(layer, e, (entry) => this.reader.load(entry), [layer - 1]);
+    for (const e of experts) this.cache.prefetch(layer, e, (entry) => this.reader.load(entry), [layer]);
   }
 
   /** Waits for worker tasks that outlived their layer; throws what failed among them (the engine calls it after each evaluation). */
