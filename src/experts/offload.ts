@@ -51,6 +51,13 @@ export function resolveRamCache(ramCache: number | string | undefined, locator: 
   return Math.min(bytes, all); // more than everything buys nothing
 }
 
+/**
+ * The share of the predicted experts (most probable first) that prefetch() reads. The guess is right
+ * far more often at the top (bench model, top-8: ranks 1-4 about 90%, ranks 5-8 75% down to 45%), and
+ * a wrong guess costs a whole read of a disk that is the bottleneck.
+ */
+const PREFETCH_SHARE = 0.5;
+
 export class ExpertOffload implements ExpertRunner {
   readonly cache: HostCache;
   readonly pool: ExpertPool;
@@ -91,13 +98,15 @@ export class ExpertOffload implements ExpertRunner {
   }
 
   /**
-   * Starts reading `experts` of `layer` (predicted, not yet routed) into free or least-recently-used
-   * slots, sparing the layer before it (the one computing now, whose reads were issued first). Never
-   * throws and never waits; a read that fails is dropped and a later lookup reads the expert again.
+   * Starts reading the most probable of `experts` of `layer` (predicted, most probable first, not yet
+   * routed) into free or least-recently-used slots, sparing `layer`'s resident experts (about to be
+   * looked up). Never throws and never waits; a read that fails is dropped and a later lookup reads the
+   * expert again.
    */
   prefetch(layer: number, experts: readonly number[]): void {
     if (!this.prefetching || this.closed) return;
-    for (const e of experts) this.cache.prefetch(layer, e, (entry) => this.reader.load(entry), [layer]);
+    const take = Math.ceil(experts.length * PREFETCH_SHARE);
+    for (const e of experts.slice(0, take)) this.cache.prefetch(layer, e, (entry) => this.reader.load(entry), [layer]);
   }
 
   /** Waits for worker tasks that outlived their layer; throws what failed among them (the engine calls it after each evaluation). */
