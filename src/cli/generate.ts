@@ -182,9 +182,9 @@ overhead of 96 MiB + 16 MiB per worker thread (measured by the test suite).
 --ram-cache takes ${SIZE_FORMS}. Its default: ${DEFAULT_RAM_CACHE_HELP}, minus the resident weights,
 and at most all experts. A budget below one layer's experts in use is an error that states the minimum.
 --prefetch guesses each next layer's experts (its router applied to the hidden state early) and
-reads the more probable half of them, mostly right, while the current layer computes. It helps when the RAM
-cache is smaller than the experts, so that experts are read from disk as the tokens are made; when
-everything is cached it does nothing but the guess. The output is the same either way.
+reads the more probable half of them, mostly right, while the current layer computes. It helps when
+the RAM cache is smaller than the experts, so that experts are read from disk as the tokens are made;
+when everything is cached it does nothing but the guess. The output is the same either way.
 
 ${TRACE_HELP}`;
 
