@@ -176,9 +176,9 @@ retries, and per layer and in "total": hits, misses, evictions, reads, bytesRead
 reads), stallMs (waiting on reads with no expert computing), tasks, computeMs (summed over workers),
 wallMs; "prefetch" (with --prefetch): issued, used, wasted, bytes.
 
-Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed by
---threads worker threads; peak memory stays under the resident weights + --ram-cache + a fixed
-overhead of 96 MiB + 16 MiB per worker thread (measured by the test suite).
+Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed on
+--threads threads (this one and --threads - 1 workers); peak memory stays under the resident
+weights + --ram-cache + a fixed overhead of 96 MiB + 16 MiB per worker thread (measured by the test suite).
 --ram-cache takes ${SIZE_FORMS}. Its default: ${DEFAULT_RAM_CACHE_HELP}, minus the resident weights,
 and at most all experts. A budget below one layer's experts in use is an error that states the minimum.
 --prefetch guesses each next layer's experts (its router applied to the hidden state early) and
@@ -200,7 +200,7 @@ export function registerGenerateCommand(program: Command): void {
     .option('--top-p <p>', 'keep the most probable tokens that together reach probability p (1 = off)', '0.95')
     .option('--min-p <p>', 'drop tokens less than p times as probable as the best one (0 = off)', '0.05')
     .option('--seed <n>', 'random seed, 0 to 4294967295 (default: a random one; --json reports it)')
-    .option('--threads <n>', 'CPU threads for the matrix kernels and expert worker threads (default: all cores)')
+    .option('--threads <n>', 'compute threads: this thread plus n-1 expert workers share each layer\'s experts, and dense products and attention split over n (default: all cores)')
     .option('--top-logprobs <n>', 'with --json: list the n most probable alternatives per token (0 to 100)', '0')
     .option('--json', 'print one JSON object with the text, per-token log-probabilities and timings')
     .option('--ram-cache <size>', 'RAM for cached experts, e.g. 512MiB, 4GiB or 25% of all expert bytes (default: free memory, see below)')
