@@ -9,6 +9,7 @@
 
 #include "attention.h"
 #include "kernels.h"
+#include "napi-args.h"
 #include "quantize-act.h"
 #include "thread-pool.h"
 
@@ -33,41 +34,6 @@ bool useAvx2() {
 bool useAvx512() {
   static const bool usable = avx512Usable();
   return usable && pathMode.load(std::memory_order_relaxed) == PATH_AUTO;
-}
-
-Napi::Value throwType(Napi::Env env, const std::string& msg) {
-  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-Napi::Value throwRange(Napi::Env env, const std::string& msg) {
-  Napi::RangeError::New(env, msg).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-struct View { void* data; size_t length; size_t byteLength; };
-
-// Typed array of the wanted element type (on ArrayBuffer or SharedArrayBuffer); data includes byteOffset.
-bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, View* out) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  size_t length = 0, byteOffset = 0;
-  void* data = nullptr;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &byteOffset) != napi_ok) return false;
-  if (type != want) return false;
-  const size_t elem = want == napi_float32_array ? 4 : 1;
-  *out = View{data, length, length * elem};
-  return true;
-}
-
-bool intArg(const Napi::Value& v, int64_t lo, int64_t hi, int64_t* out) {
-  if (!v.IsNumber()) return false;
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return false;
-  *out = (int64_t)d;
-  return true;
 }
 
 // Rows are split into contiguous chunks run by the thread pool; every row is computed by the same code
@@ -113,28 +79,31 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     return throwRange(env, "matmul: cols " + std::to_string(cols) + " is not a multiple of the block size " +
                                std::to_string(g.blockSize));
   }
-  View w, x, out;
-  if (!typedArray(env, info[1], napi_uint8_array, &w)) return throwType(env, "matmul: w must be a Uint8Array");
-  if (!typedArray(env, info[4], napi_float32_array, &x)) return throwType(env, "matmul: x must be a Float32Array");
-  if (!typedArray(env, info[6], napi_float32_array, &out)) return throwType(env, "matmul: out must be a Float32Array");
+  const uint8_t* w;
+  const float* x;
+  float* out;
+  size_t wBytes, xLen, outLen;
+  if (!typedArray(env, info[1], napi_uint8_array, &w, &wBytes)) return throwType(env, "matmul: w must be a Uint8Array");
+  if (!typedArray(env, info[4], napi_float32_array, &x, &xLen)) return throwType(env, "matmul: x must be a Float32Array");
+  if (!typedArray(env, info[6], napi_float32_array, &out, &outLen)) return throwType(env, "matmul: out must be a Float32Array");
   const size_t rowBytes = (size_t)(cols / g.blockSize) * g.typeSize;
-  if (w.byteLength / rowBytes < (size_t)rows) {
-    return throwRange(env, "matmul: w has " + std::to_string(w.byteLength) + " bytes, need " +
+  if (wBytes / rowBytes < (size_t)rows) {
+    return throwRange(env, "matmul: w has " + std::to_string(wBytes) + " bytes, need " +
                                std::to_string(rowBytes) + " x " + std::to_string(rows) + " rows");
   }
-  if (x.length / (size_t)cols < (size_t)nTokens) {
-    return throwRange(env, "matmul: x has " + std::to_string(x.length) + " values, need " + std::to_string(cols) +
+  if (xLen / (size_t)cols < (size_t)nTokens) {
+    return throwRange(env, "matmul: x has " + std::to_string(xLen) + " values, need " + std::to_string(cols) +
                                " x " + std::to_string(nTokens) + " tokens");
   }
-  if (out.length / (size_t)rows < (size_t)nTokens) {
-    return throwRange(env, "matmul: out has " + std::to_string(out.length) + " values, need " +
+  if (outLen / (size_t)rows < (size_t)nTokens) {
+    return throwRange(env, "matmul: out has " + std::to_string(outLen) + " values, need " +
                                std::to_string(rows) + " x " + std::to_string(nTokens) + " tokens");
   }
   RowsKernel kernel = useAvx512() ? avx512Kernel((int)type) : nullptr;
   if (!kernel && useAvx2()) kernel = avx2Kernel((int)type);
   if (!kernel) kernel = portableKernel((int)type);
-  ActBuffers act(g.act, (const float*)x.data, (int)nTokens, (int)cols);
-  const Job job{(const uint8_t*)w.data, rowBytes, (int)rows, &act.view(), (float*)out.data};
+  ActBuffers act(g.act, x, (int)nTokens, (int)cols);
+  const Job job{w, rowBytes, (int)rows, &act.view(), out};
   runRows(kernel, job, (int)threads);
   return env.Undefined();
 }
@@ -167,12 +136,12 @@ Napi::Value SetKernelPath(const Napi::CallbackInfo& info) {
 
 Napi::Value SumBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  View buf;
-  if (info.Length() < 1 || !typedArray(env, info[0], napi_uint8_array, &buf)) {
+  const uint8_t* p;
+  size_t n;
+  if (info.Length() < 1 || !typedArray(env, info[0], napi_uint8_array, &p, &n)) {
     return throwType(env, "sumBytes: expected a Uint8Array");
   }
-  const uint8_t* p = (const uint8_t*)buf.data;
-  return Napi::Number::New(env, useAvx2() ? sumBytesAvx2(p, buf.byteLength) : sumBytesPortable(p, buf.byteLength));
+  return Napi::Number::New(env, useAvx2() ? sumBytesAvx2(p, n) : sumBytesPortable(p, n));
 }
 
 // parkThreads(): pool helpers spinning for the next product go to sleep now (other threads need the cores).

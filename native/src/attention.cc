@@ -3,6 +3,7 @@
 // softmax and weighted sums are f64 (AVX2 does 4 lanes at a time), only the result is rounded to f32.
 // SwiGLU's AVX2 path is f32 with a vectorized exp accurate to a few ulp; the portable one is scalar f64.
 #include "attention.h"
+#include "napi-args.h"
 #include "thread-pool.h"
 
 #include <cmath>
@@ -302,38 +303,6 @@ bool avx2() {
 #endif
 }
 
-Napi::Value throwType(Napi::Env env, const std::string& msg) {
-  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-Napi::Value throwRange(Napi::Env env, const std::string& msg) {
-  Napi::RangeError::New(env, msg).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-// A Float32Array (on ArrayBuffer or SharedArrayBuffer): its data (byteOffset included) and length.
-bool floatArray(napi_env env, napi_value v, float** data, size_t* length) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  size_t byteOffset = 0;
-  void* p = nullptr;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, v, &type, length, &p, &buffer, &byteOffset) != napi_ok) return false;
-  if (type != napi_float32_array) return false;
-  *data = (float*)p;
-  return true;
-}
-
-bool intArg(const Napi::Value& v, int64_t lo, int64_t hi, int64_t* out) {
-  if (!v.IsNumber()) return false;
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return false;
-  *out = (int64_t)d;
-  return true;
-}
-
 std::string str(uint64_t v) { return std::to_string(v); }
 
 struct AttnJob {
@@ -387,10 +356,10 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   float* q;
   float* k;
   float* v;
-  if (!floatArray(env, info[0], &q, &qLen)) return throwType(env, "causalAttention: q must be a Float32Array");
-  if (!floatArray(env, info[1], &k, &kLen)) return throwType(env, "causalAttention: keys must be a Float32Array");
-  if (!floatArray(env, info[2], &v, &vLen)) return throwType(env, "causalAttention: values must be a Float32Array");
-  if (!floatArray(env, info[8], &a.out, &outLen)) return throwType(env, "causalAttention: out must be a Float32Array");
+  if (!typedArray(env, info[0], napi_float32_array, &q, &qLen)) return throwType(env, "causalAttention: q must be a Float32Array");
+  if (!typedArray(env, info[1], napi_float32_array, &k, &kLen)) return throwType(env, "causalAttention: keys must be a Float32Array");
+  if (!typedArray(env, info[2], napi_float32_array, &v, &vLen)) return throwType(env, "causalAttention: values must be a Float32Array");
+  if (!typedArray(env, info[8], napi_float32_array, &a.out, &outLen)) return throwType(env, "causalAttention: out must be a Float32Array");
   int64_t start, nTokens, nHead, nHeadKv, headDim;
   const int64_t big = 1 << 24;  // each count far below where size products could overflow 64 bits
   if (!intArg(info[3], 0, big, &start)) return throwRange(env, "causalAttention: start must be an integer from 0 to 2^24");
@@ -432,8 +401,8 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   float* g;
   float* u;
   size_t gLen, uLen;
-  if (!floatArray(env, info[0], &g, &gLen)) return throwType(env, "swiglu: g must be a Float32Array");
-  if (!floatArray(env, info[1], &u, &uLen)) return throwType(env, "swiglu: u must be a Float32Array");
+  if (!typedArray(env, info[0], napi_float32_array, &g, &gLen)) return throwType(env, "swiglu: g must be a Float32Array");
+  if (!typedArray(env, info[1], napi_float32_array, &u, &uLen)) return throwType(env, "swiglu: u must be a Float32Array");
   int64_t n;
   if (!intArg(info[2], 0, INT64_C(1) << 40, &n)) return throwRange(env, "swiglu: n must be a non-negative integer");
   if (gLen < (uint64_t)n) return throwRange(env, "swiglu: g has " + str(gLen) + " values, need " + str(n));

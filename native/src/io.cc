@@ -26,6 +26,8 @@
 // 4096, see src/experts/host-cache.ts), the read goes straight into the region: no scratch, no copy.
 #include <napi.h>
 
+#include "napi-args.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -122,8 +124,7 @@ Napi::Error makeError(Napi::Env env, const std::string& msg, const char* code, i
 Napi::Value OpenFileFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) {
-    Napi::TypeError::New(env, "openFile: expected (path: string, direct: boolean)").ThrowAsJavaScriptException();
-    return env.Undefined();
+    return throwType(env, "openFile: expected (path: string, direct: boolean)");
   }
   const std::string path = info[0].As<Napi::String>().Utf8Value();
   const bool direct = info.Length() > 1 && info[1].ToBoolean().Value();
@@ -159,8 +160,7 @@ Napi::Value OpenFileFn(const Napi::CallbackInfo& info) {
 Napi::Value CloseFileFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) {
-    Napi::TypeError::New(env, "closeFile: expected (fd: number)").ThrowAsJavaScriptException();
-    return env.Undefined();
+    return throwType(env, "closeFile: expected (fd: number)");
   }
   const int fd = info[0].As<Napi::Number>().Int32Value();
   {
@@ -314,29 +314,19 @@ class ReadWorker : public Napi::AsyncWorker {
 
 // The Uint8Array's data pointer and length; false (with a JS exception pending) if it is not one.
 bool uint8View(Napi::Env env, Napi::Value v, const char* what, uint8_t** data, size_t* length) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    Napi::TypeError::New(env, std::string(what) + " must be a Uint8Array").ThrowAsJavaScriptException();
-    return false;
-  }
-  napi_typedarray_type type;
-  size_t byteOffset = 0;
-  void* p = nullptr;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, v, &type, length, &p, &buffer, &byteOffset) != napi_ok) {
-    Napi::TypeError::New(env, std::string("cannot access ") + what).ThrowAsJavaScriptException();
-    return false;
-  }
-  *data = (uint8_t*)p;
-  return true;
+  if (typedArray(env, v, napi_uint8_array, data, length)) return true;
+  throwType(env, std::string(what) + " must be a Uint8Array");
+  return false;
 }
 
+// An integer JS number from 0 to 2^53 - 1; false (with a JS exception pending) otherwise.
 bool nonNegativeInteger(Napi::Env env, Napi::Value v, const char* what, uint64_t* out) {
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0 && d <= 9007199254740991.0) || d != (double)(uint64_t)d) {
-    Napi::RangeError::New(env, std::string(what) + " must be a non-negative integer").ThrowAsJavaScriptException();
+  int64_t n;
+  if (!intArg(v, 0, INT64_C(9007199254740991), &n)) {
+    throwRange(env, std::string(what) + " must be a non-negative integer");
     return false;
   }
-  *out = (uint64_t)d;
+  *out = (uint64_t)n;
   return true;
 }
 
@@ -364,8 +354,7 @@ Napi::Value queueRead(Napi::Env env, int fd, uint64_t position, uint8_t* dst, si
 Napi::Value ReadIntoFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber()) {
-    Napi::TypeError::New(env, "readInto: expected (fd: number, position: number, dst: Uint8Array)").ThrowAsJavaScriptException();
-    return env.Undefined();
+    return throwType(env, "readInto: expected (fd: number, position: number, dst: Uint8Array)");
   }
   uint64_t position;
   if (!nonNegativeInteger(env, info[1], "readInto: position", &position)) return env.Undefined();
@@ -379,9 +368,7 @@ Napi::Value ReadIntoFn(const Napi::CallbackInfo& info) {
 Napi::Value ReadIntoRegionFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[3].IsNumber() || !info[4].IsNumber()) {
-    Napi::TypeError::New(env, "readIntoRegion: expected (fd: number, position: number, region: Uint8Array, at: number, length: number)")
-        .ThrowAsJavaScriptException();
-    return env.Undefined();
+    return throwType(env, "readIntoRegion: expected (fd: number, position: number, region: Uint8Array, at: number, length: number)");
   }
   uint64_t position, at, length;
   if (!nonNegativeInteger(env, info[1], "readIntoRegion: position", &position) ||
@@ -391,8 +378,7 @@ Napi::Value ReadIntoRegionFn(const Napi::CallbackInfo& info) {
   size_t regionLength;
   if (!uint8View(env, info[2], "readIntoRegion: region", &region, &regionLength)) return env.Undefined();
   if (at > regionLength || length > regionLength - at) {
-    Napi::RangeError::New(env, "readIntoRegion: [at, at + length) must lie inside region").ThrowAsJavaScriptException();
-    return env.Undefined();
+    return throwRange(env, "readIntoRegion: [at, at + length) must lie inside region");
   }
   return queueRead(env, info[0].As<Napi::Number>().Int32Value(), position, region + at, (size_t)length, region, regionLength,
                    info[2].As<Napi::Object>());

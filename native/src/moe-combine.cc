@@ -3,7 +3,7 @@
 // (src/engine/moe-layer.ts moeCombineReference) computes it: s = y0*w0, then s = s + y*w per slot, each
 // product and sum rounded to f32. No FMA: the AVX2 path's target leaves FMA out and the portable path
 // turns contraction off, so a*b+c is never fused (fusing would change the bits).
-#include <napi.h>
+#include "napi-args.h"
 
 #include <cstdint>
 #include <string>
@@ -77,32 +77,8 @@ __attribute__((target("avx2"))) void combineAvx2(const CombineArgs& a) {
 
 bool (*avx2Chosen)() = nullptr;
 
-template <typename T>
-bool typedArg(napi_env env, napi_value v, napi_typedarray_type want, T** data, size_t* length) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
-  napi_typedarray_type type;
-  size_t byteOffset = 0;
-  void* p = nullptr;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, v, &type, length, &p, &buffer, &byteOffset) != napi_ok) return false;
-  if (type != want) return false;
-  *data = (T*)p;
-  return true;
-}
-
-bool intArg(const Napi::Value& v, int64_t lo, int64_t hi, int64_t* out) {
-  if (!v.IsNumber()) return false;
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return false;
-  *out = (int64_t)d;
-  return true;
-}
-
 Napi::Value fail(Napi::Env env, bool type, const std::string& msg) {
-  if (type) Napi::TypeError::New(env, "moeCombine: " + msg).ThrowAsJavaScriptException();
-  else Napi::RangeError::New(env, "moeCombine: " + msg).ThrowAsJavaScriptException();
-  return env.Undefined();
+  return type ? throwType(env, "moeCombine: " + msg) : throwRange(env, "moeCombine: " + msg);
 }
 
 // moeCombine(ys, offsets, weights, nTokens, k, nEmbd, out)
@@ -114,10 +90,10 @@ Napi::Value MoeCombine(const Napi::CallbackInfo& info) {
   float* ys;
   int32_t* offsets;
   float* weights;
-  if (!typedArg(env, info[0], napi_float32_array, &ys, &ysLen)) return fail(env, true, "ys must be a Float32Array");
-  if (!typedArg(env, info[1], napi_int32_array, &offsets, &offLen)) return fail(env, true, "offsets must be an Int32Array");
-  if (!typedArg(env, info[2], napi_float32_array, &weights, &wLen)) return fail(env, true, "weights must be a Float32Array");
-  if (!typedArg(env, info[6], napi_float32_array, &a.out, &outLen)) return fail(env, true, "out must be a Float32Array");
+  if (!typedArray(env, info[0], napi_float32_array, &ys, &ysLen)) return fail(env, true, "ys must be a Float32Array");
+  if (!typedArray(env, info[1], napi_int32_array, &offsets, &offLen)) return fail(env, true, "offsets must be an Int32Array");
+  if (!typedArray(env, info[2], napi_float32_array, &weights, &wLen)) return fail(env, true, "weights must be a Float32Array");
+  if (!typedArray(env, info[6], napi_float32_array, &a.out, &outLen)) return fail(env, true, "out must be a Float32Array");
   int64_t nTokens, k, nEmbd;
   if (!intArg(info[3], 0, INT32_MAX, &nTokens)) return fail(env, false, "nTokens must be a non-negative integer");
   if (!intArg(info[4], 1, 1 << 16, &k)) return fail(env, false, "k must be an integer from 1 to 65536");
