@@ -2,7 +2,7 @@
 // PositionedFile.readIntoRegion (native/src/io.cc), checked against plain fs reads.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, openSync, readSync, closeSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HostCache, matrixView, slotLayout, DIRECT_READ_ALIGNMENT, type ExpertSizes, type HostEntry } from '../src/experts/host-cache.js';
@@ -10,36 +10,11 @@ import { ExpertReader } from '../src/experts/reader.js';
 import { EXPERT_MATRICES, type ExpertLocator, type ExpertMatrix } from '../src/experts/locator.js';
 import { PositionedFile, ioCounters, pageOffsetOf } from '../src/native/io.js';
 import { FileAccessError } from '../src/model/errors.js';
+import { fsRead, pseudoRandomBytes } from './reference/files.js';
 
 const A = DIRECT_READ_ALIGNMENT;
 const dir = mkdtempSync(join(tmpdir(), 'moe-direct-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-
-function randomBytes(n: number, seed: number): Uint8Array {
-  const buf = new Uint8Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    buf[i] = s & 0xff;
-  }
-  return buf;
-}
-
-function fsRead(path: string, position: number, length: number): Uint8Array {
-  const fd = openSync(path, 'r');
-  try {
-    const out = new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const n = readSync(fd, out, done, length - done, position + done);
-      if (n === 0) break;
-      done += n;
-    }
-    return out.subarray(0, done);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 // Experts big enough for the direct-read layout (padding under 1%), with matrix sizes that are not
 // multiples of the block and file offsets that are only 32-byte aligned, like a GGUF file's.
@@ -101,7 +76,7 @@ for (const where of directDirs) test(`direct reads in ${where}: land in the slot
   const sub = mkdtempSync(join(where, 'moe-direct-'));
   t.after(() => rmSync(sub, { recursive: true, force: true }));
   const path = join(sub, 'experts.bin');
-  writeFileSync(path, randomBytes(FILE_BYTES, 7));
+  writeFileSync(path, pseudoRandomBytes(FILE_BYTES, 7));
   let direct: PositionedFile;
   try {
     direct = new PositionedFile(path, { direct: true });

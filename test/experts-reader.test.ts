@@ -1,42 +1,21 @@
 // Positioned native reads (native/src/io.cc via src/native/io.ts) and the expert reader on top of them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, openSync, readSync, closeSync, writeFileSync, truncateSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, truncateSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PositionedFile, rawIo } from '../src/native/io.js';
 import { FileAccessError } from '../src/model/errors.js';
+import { fsRead, pseudoRandomBytes } from './reference/files.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'moe-io-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
-/** A file of `n` pseudo-random bytes (xorshift, seeded). */
+/** A file of `n` pseudo-random bytes in the test's directory. */
 function randomFile(name: string, n: number, seed = 12345): string {
-  const buf = new Uint8Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    buf[i] = s & 0xff;
-  }
   const path = join(dir, name);
-  writeFileSync(path, buf);
+  writeFileSync(path, pseudoRandomBytes(n, seed));
   return path;
-}
-
-function fsRead(path: string, position: number, length: number): Uint8Array {
-  const fd = openSync(path, 'r');
-  try {
-    const out = new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const n = readSync(fd, out, done, length - done, position + done);
-      if (n === 0) break;
-      done += n;
-    }
-    return out.subarray(0, done);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 const SIZE = 3 * 1024 * 1024 + 1234;
