@@ -264,8 +264,8 @@ export class ExpertDispatcher implements ExpertRunner {
         }
         const batch = ready.splice(0, ready.length);
         const task = taskOf(batch);
-        // The serving workers take any batch of 2+ experts (one they are still finishing an older batch
-        // of just starts later); a lone expert is computed here.
+        // A batch of 2+ experts is shared with the serving workers (one still on an older batch joins
+        // late or not at all); a lone expert is computed here.
         const claims = batch.length > 1 ? SharedClaims.create(batch.length) : undefined;
         if (claims) task.claims = claims;
         clock.computeStart();
