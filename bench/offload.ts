@@ -49,14 +49,21 @@ export interface OffloadSettings {
   /** Direct-I/O rows at this RAM cache percent decode `timelineTokens` more tokens, timed layer by layer. */
   timelinePercent: number;
   timelineTokens: number;
+  /**
+   * Times every row is decoded (in forward, then reverse order, and so on, so that drift on a shared
+   * machine hits all rows alike); each row reports the run with the median ratio (the higher middle one
+   * for an even count) and all the ratios.
+   */
+  repeats: number;
 }
 
-export function defaultOffloadSettings(quick: boolean): OffloadSettings {
+export function defaultOffloadSettings(quick: boolean, repeats = 1): OffloadSettings {
+  const common = { quick, threads: availableParallelism(), ramCachePercents: [100, 50, 25], prefetchPercents: [50, 25], timelinePercent: 50, repeats };
   return quick
-    ? { quick, shape: OLMOE_LIKE_QUICK, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [], prefetchPercents: [50, 25],
-      warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16, timelinePercent: 50, timelineTokens: 2 }
-    : { quick, shape: OLMOE_LIKE, threads: availableParallelism(), ramCachePercents: [100, 50, 25], pageCachePercents: [50, 25], prefetchPercents: [50, 25],
-      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 64, timelinePercent: 50, timelineTokens: 4 };
+    ? { ...common, shape: OLMOE_LIKE_QUICK, pageCachePercents: [],
+      warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16, timelineTokens: 2 }
+    : { ...common, shape: OLMOE_LIKE, pageCachePercents: [50, 25],
+      warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 64, timelineTokens: 4 };
 }
 
 export interface ReadBandwidth {
@@ -87,6 +94,8 @@ export interface DecodeRow {
   computeBoundMs: number;
   boundMs: number;
   ratio: number;
+  /** With repeats: the ratio of every run of this row, in run order (this row is the median one). */
+  ratioRuns?: number[];
   /** This row's own read bandwidth: the decode's read path probed right before and right after the row (GB/s). */
   rowReadGbps: { before: number; after: number; combined: number };
   /** The read bound from the bandwidth measured once before all rows (the old figure), for comparison. */
@@ -546,13 +555,30 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
   const expertFfnAllThreadsGbps = await expertFfnThroughputAllThreads(model.path, locator, s.kernelExperts, s.threads, s.quick);
 
   const computedTotal = computedExperts + resident;
-  const rows: DecodeRow[] = [];
   const runs: [number, DecodeRow['io'], boolean][] = [
     ...s.ramCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', false]),
     ...s.prefetchPercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', true]),
     ...s.pageCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'page cache', false]),
   ];
-  for (const [ri, [percent, io, prefetch]] of runs.entries()) {
+  const runsOf: DecodeRow[][] = runs.map(() => []);
+  let ffnAllThreads = expertFfnAllThreadsGbps;
+  for (let rep = 0; rep < s.repeats; rep++) {
+    if (rep > 0) {
+      progress(`repeat ${rep + 1} of ${s.repeats}: expert FFN throughput, ${s.threads} threads at once, measured again`);
+      ffnAllThreads = await expertFfnThroughputAllThreads(model.path, locator, s.kernelExperts, s.threads, s.quick);
+    }
+    const order = rep % 2 === 0 ? [...runs.keys()] : [...runs.keys()].reverse();
+    for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, ffnAllThreads));
+  }
+  // Each row: its run with the median ratio (for an even count the higher middle one: no flattering), and every ratio.
+  const rows = runsOf.map((runsOfRow) => {
+    const byRatio = [...runsOfRow].sort((a, b) => a.ratio - b.ratio);
+    const median = byRatio[byRatio.length >> 1]!;
+    return s.repeats > 1 ? { ...median, ratioRuns: runsOfRow.map((r) => r.ratio) } : median;
+  });
+
+  async function decodeRow(ri: number, ffn: Summary): Promise<DecodeRow> {
+    const [percent, io, prefetch] = runs[ri]!;
     const direct = io === 'direct';
     progress(`decode: RAM cache ${percent}%, misses read ${direct ? 'with O_DIRECT' : 'through the page cache'}${prefetch ? ', next layer prefetched' : ''} (read bandwidth probed before and after)`);
     const probe = (seed: number) => rowReadProbe(model.path, locator, direct, s.rowProbeExperts, direct ? seed : 11).catch(() => NaN);
@@ -564,10 +590,10 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     const globalBw = (direct ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
     const bw = Number.isFinite(combined) ? combined : globalBw;
     const readBoundMs = r.bytesReadPerToken / (bw * 1e9) * 1000;
-    const computeBoundMs = computedTotal / (expertFfnAllThreadsGbps.median * 1e9) * 1000;
+    const computeBoundMs = computedTotal / (ffn.median * 1e9) * 1000;
     const boundMs = Math.max(readBoundMs, computeBoundMs);
-    rows.push({ ...r, readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs,
-      rowReadGbps: { before, after, combined }, readBoundMsGlobalBandwidth: r.bytesReadPerToken / (globalBw * 1e9) * 1000 });
+    return { ...r, readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs,
+      rowReadGbps: { before, after, combined }, readBoundMsGlobalBandwidth: r.bytesReadPerToken / (globalBw * 1e9) * 1000 };
   }
   return {
     model: { path: model.path, fileBytes: model.bytes, created: model.created, generateSeconds: model.seconds, shape, note },
@@ -602,11 +628,13 @@ export function offloadTable(r: OffloadBenchResult): string {
   const rows = [header, ...r.rows.map((x) => [
     `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.prefetch ? `${x.io} + prefetch` : x.io, `${f(x.rowReadGbps.before)}/${f(x.rowReadGbps.after)}`, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
     f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1), f(x.computeMsPerToken, 1),
-    f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1), f(x.ratio),
+    f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1),
+    x.ratioRuns ? `${f(x.ratio)} [${x.ratioRuns.map((v) => f(v)).join(' ')}]` : f(x.ratio),
     x.ratio <= TARGET_RATIO ? 'met' : `NOT met (target <= ${TARGET_RATIO})`,
   ])];
   const widths = header.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
   for (const row of rows) lines.push(row.map((c, i) => (i <= 2 || i === row.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
+  if (r.rows.some((x) => x.ratioRuns)) lines.push('each row: the run with the median ratio of [every run\'s ratio, in run order]; rows ran forward, then in reverse, and so on');
   lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN compute time summed over the threads');
   lines.push('computing experts (workers, and the main thread\'s share with 2+ threads); other ms = ms/tok - experts ms (attention, norms,');
   lines.push('routers, output, on the main thread)');

@@ -12,7 +12,7 @@ import type { KernelResult, MatrixShape } from './kernels.js';
 import type { RepeatOptions } from './stats.js';
 import type { TraceBenchResult } from './trace.js';
 
-const USAGE = 'usage: node dist/bench/run.js [--quick] [--only kernels|ort|bandwidth|trace|offload[,...]]';
+const USAGE = 'usage: node dist/bench/run.js [--quick] [--only kernels|ort|bandwidth|trace|offload[,...]] [--repeat N (offload rows, default 1)]';
 const PARTS = ['bandwidth', 'kernels', 'ort', 'trace', 'offload'] as const;
 /** The parts that make the kernel table and its -kernels.json. */
 const KERNEL_PARTS: readonly Part[] = ['bandwidth', 'kernels', 'ort'];
@@ -28,10 +28,10 @@ const KERNELS = [GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGM
 const TARGET_Q4_0_VS_BANDWIDTH = 0.8;
 const TARGET_Q4_0_VS_ORT = 1.0;
 
-interface Args { quick: boolean; parts: Set<Part> }
+interface Args { quick: boolean; parts: Set<Part>; repeat: number }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, parts: new Set(PARTS) };
+  const args: Args = { quick: false, parts: new Set(PARTS), repeat: 1 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--quick') args.quick = true;
@@ -41,6 +41,11 @@ function parseArgs(argv: string[]): Args {
       const bad = wanted.filter((p) => !(PARTS as readonly string[]).includes(p));
       if (wanted.length === 0 || bad.length > 0) throw new Error(`--only takes ${PARTS.join(', ')}\n${USAGE}`);
       args.parts = new Set(wanted as Part[]);
+    } else if (a === '--repeat' || a.startsWith('--repeat=')) {
+      const value = a === '--repeat' ? argv[++i] : a.slice('--repeat='.length);
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 1 || n > 20) throw new Error(`--repeat takes an integer from 1 to 20, got '${value ?? ''}'\n${USAGE}`);
+      args.repeat = n;
     } else if (a === '--help' || a === '-h') {
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
@@ -163,10 +168,10 @@ async function runTraceBench(quick: boolean): Promise<void> {
 }
 
 /** The offload part (bench/offload.ts): table on stdout, bench/results/<stamp>-offload.json; a failure is reported, not fatal. */
-async function runOffloadBench(quick: boolean): Promise<void> {
+async function runOffloadBench(quick: boolean, repeat: number): Promise<void> {
   try {
     const { benchOffload, defaultOffloadSettings, offloadTable } = await import('./offload.js');
-    const result = await benchOffload(defaultOffloadSettings(quick), progress);
+    const result = await benchOffload(defaultOffloadSettings(quick, repeat), progress);
     process.stdout.write(`\n${offloadTable(result)}`);
     const stamp = new Date().toISOString();
     const file = path.join(resultsDir(), `${stamp.replace(/:/g, '-')}-offload.json`);
@@ -181,7 +186,7 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (KERNEL_PARTS.some((p) => args.parts.has(p))) await runKernelBench(args);
   if (args.parts.has('trace')) await runTraceBench(args.quick);
-  if (args.parts.has('offload')) await runOffloadBench(args.quick);
+  if (args.parts.has('offload')) await runOffloadBench(args.quick, args.repeat);
 }
 
 async function runKernelBench(args: Args): Promise<void> {
