@@ -8,17 +8,18 @@ import { UsageError } from '../model/errors.js';
 import { EXPERT_MATRICES, type ExpertMatrix } from './locator.js';
 import { SlotAllocator, type Backing, type Slot } from './slab.js';
 import { formatBytes } from './size.js';
+import { DIRECT_IO_ALIGNMENT } from '../native/io.js';
 
 /** Each matrix starts on this boundary inside a slot (cache lines / SIMD loads) in the compact layout. */
 export const MATRIX_ALIGNMENT = 64;
 
 /**
- * Block size of direct reads (native/src/io.cc). In the direct-read layout every matrix has a region
+ * Block size of direct reads (native/io.ts). In the direct-read layout every matrix has a region
  * of its own, big enough for the block-aligned file range covering it, and sits in that region at an
  * address congruent to its file offset mod this: O_DIRECT then reads straight into the slot, with no
  * bounce buffer and no copy (the CPU that copy burns is the compute's).
  */
-export const DIRECT_READ_ALIGNMENT = 4096;
+export const DIRECT_READ_ALIGNMENT = DIRECT_IO_ALIGNMENT;
 /** The direct-read layout is used when its padding costs at most this fraction of the expert's bytes. */
 export const DIRECT_LAYOUT_MAX_OVERHEAD = 0.01;
 

@@ -81,9 +81,7 @@ export class ExpertPool {
         try {
           return await this.piscina.run({ ...task, only, fault: fault && fault.attempts >= 2 ? fault.kind : undefined }) as BatchResult;
         } catch (second) {
-          throw new MoeOffloadError(
-            `an expert worker failed twice computing ${what}: ${messageOf(second)} (first attempt: ${messageOf(first)})`,
-            'the machine may be out of memory; try fewer --threads or a smaller --ram-cache');
+          throw failedTwice(what, first, second);
         }
       }
     }));
@@ -123,9 +121,7 @@ export class ExpertPool {
       try {
         return await this.piscina.run(attempt(2));
       } catch (second) {
-        throw new MoeOffloadError(
-          `an expert worker failed twice computing ${what}: ${messageOf(second)} (first attempt: ${messageOf(first)})`,
-          'the machine may be out of memory; try fewer --threads or a smaller --ram-cache');
+        throw failedTwice(what, first, second);
       }
     }
   }
@@ -199,6 +195,12 @@ class ServingLane {
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
   }
+}
+
+function failedTwice(what: string, first: unknown, second: unknown): MoeOffloadError {
+  return new MoeOffloadError(
+    `an expert worker failed twice computing ${what}: ${messageOf(second)} (first attempt: ${messageOf(first)})`,
+    'the machine may be out of memory; try fewer --threads or a smaller --ram-cache');
 }
 
 function messageOf(err: unknown): string {
