@@ -9,7 +9,6 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { loadModel, type ExpertStatsSnapshot } from '../src/engine/model.js';
 import { Sampler } from '../src/engine/sampler.js';
-import { expertFfnBytes } from '../src/experts/ffn.js';
 import { EXPERT_MATRICES, ExpertLocator, type ExpertRange } from '../src/experts/locator.js';
 import { ExpertPool, type BatchExpert, type MatrixInSlab } from '../src/experts/pool.js';
 import { HostCache, minimumBudget, slotBytesOf, type HostEntry } from '../src/experts/host-cache.js';
@@ -370,36 +369,10 @@ async function sequentialRead(path: string, fileBytes: number, maxBytes: number)
   }
 }
 
-/** One thread, one token: expert FFN (gate, up, down matmuls) over a rotation of real experts, GB/s of expert bytes. */
-async function expertFfnThroughput(path: string, locator: ExpertLocator, count: number, quick: boolean): Promise<Summary> {
-  const file = new PositionedFile(path);
-  const experts: { gate: Uint8Array; up: Uint8Array; down: Uint8Array; range: ExpertRange }[] = [];
-  try {
-    for (const range of randomExperts(locator, count, 7)) {
-      const bufs = EXPERT_MATRICES.map((m) => new Uint8Array(range[m].byteLength));
-      await Promise.all(EXPERT_MATRICES.map((m, i) => file.readInto(range[m].offset, bufs[i]!)));
-      experts.push({ gate: bufs[0]!, up: bufs[1]!, down: bufs[2]!, range });
-    }
-  } finally {
-    file.close();
-  }
-  const x = randomFloats(locator.expertRange(0, 0).gate.cols, 3);
-  let bytes = 0;
-  const mat = (data: Uint8Array, r: ExpertRange['gate']) => ({ type: r.type, rows: r.rows, cols: r.cols, data });
-  for (const e of experts) bytes += e.gate.byteLength + e.up.byteLength + e.down.byteLength;
-  const seconds = await timePasses(() => {
-    for (const e of experts) expertFfnBytes(mat(e.gate, e.range.gate), mat(e.up, e.range.up), mat(e.down, e.range.down), x, 1, 1);
-  }, quick ? { warmup: 1, reps: 3, minSeconds: 0 } : { warmup: 1, reps: 5, minSeconds: 1 });
-  return summarize(seconds.map((s) => bytes / s / 1e9));
-}
+/** Real experts from the file in shared slabs, for the expert-FFN throughput (read once, measured on 1 and all threads). */
+interface FfnExperts { slabs: SharedArrayBuffer[]; experts: BatchExpert[]; bytes: number }
 
-/**
- * `threads` threads at once, one token: the same expert FFN computed by the pool's workers (each over its
- * own share of the experts, weights in shared slabs), GB/s of expert bytes for all threads together. This
- * is what the machine gives when every thread computes: two threads share one memory bus, so it is less
- * than `threads` x the one-thread figure, and it is the honest compute bound for a decode on `threads`.
- */
-async function expertFfnThroughputAllThreads(path: string, locator: ExpertLocator, count: number, threads: number, quick: boolean): Promise<Summary> {
+async function loadFfnExperts(path: string, locator: ExpertLocator, count: number): Promise<FfnExperts> {
   const file = new PositionedFile(path);
   const slabs: SharedArrayBuffer[] = [];
   const experts: BatchExpert[] = [];
@@ -423,6 +396,17 @@ async function expertFfnThroughputAllThreads(path: string, locator: ExpertLocato
   } finally {
     file.close();
   }
+  return { slabs, experts, bytes };
+}
+
+/**
+ * `threads` threads at once, one token: the expert FFN (gate, up, down matmuls) computed by the pool's
+ * workers, each over its own share of the experts, GB/s of expert bytes for all threads together. With
+ * more than one thread this is what the machine gives when every thread computes: they share one memory
+ * bus, so it is less than `threads` x the one-thread figure, and it is the honest compute bound for a
+ * decode on `threads`.
+ */
+async function expertFfnThroughput({ slabs, experts, bytes }: FfnExperts, threads: number, quick: boolean): Promise<Summary> {
   const nEmbd = experts[0]!.gate.cols;
   const x = new Float32Array(new SharedArrayBuffer(nEmbd * 4));
   x.set(randomFloats(nEmbd, 3));
@@ -550,9 +534,10 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     gbps: await expertReadBandwidth(model.path, locator, false, s.bandwidthExperts, 3),
   };
   progress(`expert FFN throughput: 1 thread, 1 token, ${s.kernelExperts} experts in rotation`);
-  const expertFfnGbps = await expertFfnThroughput(model.path, locator, s.kernelExperts, s.quick);
+  const ffnExperts = await loadFfnExperts(model.path, locator, s.kernelExperts);
+  const expertFfnGbps = await expertFfnThroughput(ffnExperts, 1, s.quick);
   progress(`expert FFN throughput: ${s.threads} threads at once, 1 token, ${s.kernelExperts} experts in rotation`);
-  const expertFfnAllThreadsGbps = await expertFfnThroughputAllThreads(model.path, locator, s.kernelExperts, s.threads, s.quick);
+  const expertFfnAllThreadsGbps = await expertFfnThroughput(ffnExperts, s.threads, s.quick);
 
   const computedTotal = computedExperts + resident;
   const runs: [number, DecodeRow['io'], boolean][] = [
@@ -565,7 +550,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
   for (let rep = 0; rep < s.repeats; rep++) {
     if (rep > 0) {
       progress(`repeat ${rep + 1} of ${s.repeats}: expert FFN throughput, ${s.threads} threads at once, measured again`);
-      ffnAllThreads = await expertFfnThroughputAllThreads(model.path, locator, s.kernelExperts, s.threads, s.quick);
+      ffnAllThreads = await expertFfnThroughput(ffnExperts, s.threads, s.quick);
     }
     const order = rep % 2 === 0 ? [...runs.keys()] : [...runs.keys()].reverse();
     for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, ffnAllThreads));
