@@ -407,17 +407,18 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   if (!intArg(info[2], 0, INT64_C(1) << 40, &n)) return throwRange(env, "swiglu: n must be a non-negative integer");
   if (gLen < (uint64_t)n) return throwRange(env, "swiglu: g has " + str(gLen) + " values, need " + str(n));
   if (uLen < (uint64_t)n) return throwRange(env, "swiglu: u has " + str(uLen) + " values, need " + str(n));
-#if defined(__x86_64__)
-  if (avx2()) {
-    swigluAvx2(g, u, (size_t)n);
-    return env.Undefined();
-  }
-#endif
-  swigluPortable(g, u, (size_t)n);
+  swigluInPlace(g, u, (size_t)n);
   return env.Undefined();
 }
 
 }  // namespace
+
+void swigluInPlace(float* g, const float* u, size_t n) {
+#if defined(__x86_64__)
+  if (avx2()) return swigluAvx2(g, u, n);
+#endif
+  swigluPortable(g, u, n);
+}
 
 void RegisterAttention(Napi::Env env, Napi::Object exports, bool (*useAvx2)()) {
   avx2Chosen = useAvx2;

@@ -8,4 +8,7 @@ namespace moe {
 // setKernelPath('portable') forces the plain C++ paths here too).
 void RegisterAttention(Napi::Env env, Napi::Object exports, bool (*useAvx2)());
 
+// g[i] = silu(g[i]) * u[i] for i < n (the kernel behind the swiglu export; same path choice).
+void swigluInPlace(float* g, const float* u, size_t n);
+
 }  // namespace moe
