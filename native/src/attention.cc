@@ -1,8 +1,11 @@
 // Causal grouped-query attention over the KV cache, and SwiGLU (g = silu(g) * u), for the decode path.
 // Attention works in double like the TypeScript reference (src/engine/attention.ts): the dot products,
 // softmax and weighted sums are f64 (AVX2 does 4 lanes at a time), only the result is rounded to f32.
+// K and V are f32 or f16 (the KV cache's storage type); f16 values are widened exactly to f32 (F16C on the
+// AVX2 path, fp16.h on the portable one) and then take the same f64 arithmetic as f32 ones.
 // SwiGLU's AVX2 path is f32 with a vectorized exp accurate to a few ulp; the portable one is scalar f64.
 #include "attention.h"
+#include "fp16.h"
 #include "napi-args.h"
 #include "thread-pool.h"
 
@@ -14,6 +17,8 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define AVX2_FN __attribute__((target("avx2,fma")))
+// The attention kernels also read f16 K/V (avx2Usable() requires F16C too).
+#define AVX2_F16C_FN __attribute__((target("avx2,fma,f16c")))
 #endif
 
 namespace moe {
@@ -21,11 +26,16 @@ namespace {
 
 struct AttnArgs {
   const float* q;
-  const float* keys;
-  const float* values;
+  const void* keys;    // float or uint16_t (f16 bits), as f16 says
+  const void* values;
   float* out;
   int start, nTokens, nHead, nHeadKv, headDim;
+  bool f16;
 };
+
+// One K/V element as a double: f32 widened, f16 widened exactly through f32.
+inline double kvValue(const float* p, int i) { return (double)p[i]; }
+inline double kvValue(const uint16_t* p, int i) { return (double)fp16ToFloat(p[i]); }
 
 // Per-thread scratch reused across calls: scores/weights for one (token, head) and the query in f64.
 struct AttnScratch {
@@ -55,8 +65,11 @@ void softmaxInPlace(double* scores, int n) {
   for (int p = 0; p < n; p++) scores[p] = scores[p] / sum;
 }
 
-// Query head h for every token of the batch.
+// Query head h for every token of the batch; T is the K/V element type (float, or uint16_t f16 bits).
+template <typename T>
 void attendHeadPortable(const AttnArgs& a, int h) {
+  const T* keys = (const T*)a.keys;
+  const T* values = (const T*)a.values;
   const int group = a.nHead / a.nHeadKv, d = a.headDim;
   const size_t qRow = (size_t)a.nHead * d, kvRow = (size_t)a.nHeadKv * d;
   const double scale = 1 / std::sqrt((double)d);
@@ -68,17 +81,17 @@ void attendHeadPortable(const AttnArgs& a, int h) {
     const int n = a.start + t + 1;
     const float* q = a.q + t * qRow + (size_t)h * d;
     for (int p = 0; p < n; p++) {
-      const float* k = a.keys + p * kvRow + kvOff;
+      const T* k = keys + p * kvRow + kvOff;
       double dot = 0;
-      for (int i = 0; i < d; i++) dot += (double)q[i] * (double)k[i];
+      for (int i = 0; i < d; i++) dot += (double)q[i] * kvValue(k, i);
       scores[p] = dot * scale;
     }
     softmaxInPlace(scores, n);
     for (int i = 0; i < d; i++) acc[i] = 0;
     for (int p = 0; p < n; p++) {
-      const float* v = a.values + p * kvRow + kvOff;
+      const T* v = values + p * kvRow + kvOff;
       const double w = scores[p];
-      for (int i = 0; i < d; i++) acc[i] += w * (double)v[i];
+      for (int i = 0; i < d; i++) acc[i] += w * kvValue(v, i);
     }
     float* o = a.out + t * qRow + (size_t)h * d;
     for (int i = 0; i < d; i++) o[i] = (float)acc[i];
@@ -99,20 +112,27 @@ AVX2_FN inline double hsum(__m256d v) {
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-// sum_i qd[i] * k[i] in f64 (k widened from f32).
-AVX2_FN inline double dotF64(const double* qd, const float* k, int d) {
+// Elements p[0..4) widened to f64: from f32, or from f16 through F16C (exact, as fp16ToFloat).
+AVX2_F16C_FN inline __m256d load4d(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+AVX2_F16C_FN inline __m256d load4d(const uint16_t* p) {
+  return _mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i*)p)));
+}
+
+// sum_i qd[i] * k[i] in f64 (k widened from f32 or f16).
+template <typename T>
+AVX2_F16C_FN inline double dotF64(const double* qd, const T* k, int d) {
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
   int i = 0;
   for (; i + 8 <= d; i += 8) {
-    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i), _mm256_cvtps_pd(_mm_loadu_ps(k + i)), a0);
-    a1 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i + 4), _mm256_cvtps_pd(_mm_loadu_ps(k + i + 4)), a1);
+    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i), load4d(k + i), a0);
+    a1 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i + 4), load4d(k + i + 4), a1);
   }
   if (i + 4 <= d) {
-    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i), _mm256_cvtps_pd(_mm_loadu_ps(k + i)), a0);
+    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(qd + i), load4d(k + i), a0);
     i += 4;
   }
   double dot = hsum(_mm256_add_pd(a0, a1));
-  for (; i < d; i++) dot += qd[i] * (double)k[i];
+  for (; i < d; i++) dot += qd[i] * kvValue(k, i);
   return dot;
 }
 
@@ -168,18 +188,19 @@ AVX2_FN void softmaxInPlaceAvx2(double* scores, int n) {
 
 
 // The dot products of qd with 4 key rows k0, k0 + stride, ... in f64, written to out[0..4).
-AVX2_FN inline void dot4F64(const double* qd, const float* k0, size_t stride, int d, double* out) {
-  const float* k1 = k0 + stride;
-  const float* k2 = k1 + stride;
-  const float* k3 = k2 + stride;
+template <typename T>
+AVX2_F16C_FN inline void dot4F64(const double* qd, const T* k0, size_t stride, int d, double* out) {
+  const T* k1 = k0 + stride;
+  const T* k2 = k1 + stride;
+  const T* k3 = k2 + stride;
   __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
   int i = 0;
   for (; i + 4 <= d; i += 4) {
     const __m256d qv = _mm256_loadu_pd(qd + i);
-    a0 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k0 + i)), a0);
-    a1 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k1 + i)), a1);
-    a2 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k2 + i)), a2);
-    a3 = _mm256_fmadd_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(k3 + i)), a3);
+    a0 = _mm256_fmadd_pd(qv, load4d(k0 + i), a0);
+    a1 = _mm256_fmadd_pd(qv, load4d(k1 + i), a1);
+    a2 = _mm256_fmadd_pd(qv, load4d(k2 + i), a2);
+    a3 = _mm256_fmadd_pd(qv, load4d(k3 + i), a3);
   }
   // Horizontal sums: hadd pairs lanes within 128-bit halves, then the halves are added.
   const __m256d h01 = _mm256_hadd_pd(a0, a1);  // a0[0]+a0[1], a1[0]+a1[1], a0[2]+a0[3], a1[2]+a1[3]
@@ -188,15 +209,16 @@ AVX2_FN inline void dot4F64(const double* qd, const float* k0, size_t stride, in
   const __m256d hi = _mm256_permute2f128_pd(h01, h23, 0x31);
   _mm256_storeu_pd(out, _mm256_add_pd(lo, hi));
   for (; i < d; i++) {
-    out[0] += qd[i] * (double)k0[i];
-    out[1] += qd[i] * (double)k1[i];
-    out[2] += qd[i] * (double)k2[i];
-    out[3] += qd[i] * (double)k3[i];
+    out[0] += qd[i] * kvValue(k0, i);
+    out[1] += qd[i] * kvValue(k1, i);
+    out[2] += qd[i] * kvValue(k2, i);
+    out[3] += qd[i] * kvValue(k3, i);
   }
 }
 
-// Query head h for every token of the batch (the unit of work a pool thread takes).
-AVX2_FN void attendHeadAvx2(const AttnArgs& a, int h) {
+// Query head h for every token of the batch (the unit of work a pool thread takes); T as in the portable one.
+template <typename T>
+AVX2_F16C_FN void attendHeadAvx2(const AttnArgs& a, int h) {
   const int group = a.nHead / a.nHeadKv, d = a.headDim;
   const size_t qRow = (size_t)a.nHead * d, kvRow = (size_t)a.nHeadKv * d;
   const double scale = 1 / std::sqrt((double)d);
@@ -204,8 +226,8 @@ AVX2_FN void attendHeadAvx2(const AttnArgs& a, int h) {
   double* scores = s.scores.data();
   double* qd = s.qd.data();
   double* acc = s.acc.data();
-  const float* keys = a.keys + (size_t)(h / group) * d;
-  const float* values = a.values + (size_t)(h / group) * d;
+  const T* keys = (const T*)a.keys + (size_t)(h / group) * d;
+  const T* values = (const T*)a.values + (size_t)(h / group) * d;
   for (int t = 0; t < a.nTokens; t++) {
     const int n = a.start + t + 1;
     const float* q = a.q + t * qRow + (size_t)h * d;
@@ -224,25 +246,25 @@ AVX2_FN void attendHeadAvx2(const AttnArgs& a, int h) {
     // pass: fma(w1, v1, fma(w0, v0, acc)) is the same sequence of operations as two passes, with half
     // the loads and stores of acc.
     for (int i = 0; i < d; i++) acc[i] = 0;
-    const float* v = values;
+    const T* v = values;
     p = 0;
     for (; p + 2 <= n; p += 2, v += 2 * kvRow) {
       const __m256d w0 = _mm256_broadcast_sd(scores + p), w1 = _mm256_broadcast_sd(scores + p + 1);
-      const float* v1 = v + kvRow;
+      const T* v1 = v + kvRow;
       int i = 0;
       for (; i + 4 <= d; i += 4) {
-        const __m256d c = _mm256_fmadd_pd(w0, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i));
-        _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w1, _mm256_cvtps_pd(_mm_loadu_ps(v1 + i)), c));
+        const __m256d c = _mm256_fmadd_pd(w0, load4d(v + i), _mm256_loadu_pd(acc + i));
+        _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w1, load4d(v1 + i), c));
       }
-      for (; i < d; i++) acc[i] = std::fma(scores[p + 1], (double)v1[i], std::fma(scores[p], (double)v[i], acc[i]));
+      for (; i < d; i++) acc[i] = std::fma(scores[p + 1], kvValue(v1, i), std::fma(scores[p], kvValue(v, i), acc[i]));
     }
     for (; p < n; p++, v += kvRow) {
       const __m256d w = _mm256_broadcast_sd(scores + p);
       int i = 0;
       for (; i + 4 <= d; i += 4) {
-        _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + i)), _mm256_loadu_pd(acc + i)));
+        _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(w, load4d(v + i), _mm256_loadu_pd(acc + i)));
       }
-      for (; i < d; i++) acc[i] = std::fma(scores[p], (double)v[i], acc[i]);
+      for (; i < d; i++) acc[i] = std::fma(scores[p], kvValue(v, i), acc[i]);
     }
     float* o = a.out + t * qRow + (size_t)h * d;
     for (int i = 0; i < d; i++) o[i] = (float)acc[i];
@@ -291,6 +313,16 @@ AVX2_FN void swigluAvx2(float* g, const float* u, size_t n) {
   }
 }
 
+// dst[i] = f16 bits of src[i], 8 at a time through F16C (round to nearest even, as floatToFp16; NaNs stay
+// NaN, with their top payload bits, which floatToFp16 drops).
+AVX2_F16C_FN void toF16Avx2(const float* src, uint16_t* dst, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128((__m128i*)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; i++) dst[i] = floatToFp16(src[i]);
+}
+
 #endif  // __x86_64__
 
 bool (*avx2Chosen)() = nullptr;
@@ -317,11 +349,13 @@ void attendChunk(void* ctx, int h) {
   const AttnJob& job = *(const AttnJob*)ctx;
 #if defined(__x86_64__)
   if (job.avx2) {
-    attendHeadAvx2(*job.a, h);
+    if (job.a->f16) attendHeadAvx2<uint16_t>(*job.a, h);
+    else attendHeadAvx2<float>(*job.a, h);
     return;
   }
 #endif
-  attendHeadPortable(*job.a, h);
+  if (job.a->f16) attendHeadPortable<uint16_t>(*job.a, h);
+  else attendHeadPortable<float>(*job.a, h);
 }
 
 // Below this much K/V read per extra thread (bytes, summed over heads and tokens), a second thread costs
@@ -332,7 +366,8 @@ void attendChunk(void* ctx, int h) {
 constexpr double kMinBytesPerExtraThread = 256 * 1024;
 
 void runAttention(const AttnArgs& a, int threads) {
-  // K/V bytes read: every head reads n rows of headDim floats twice (keys, values) per token.
+  // K/V read, counted in f32 bytes: every head reads n rows of headDim floats twice (keys, values) per
+  // token. f16 K/V is counted the same: half the bytes, but the same f64 arithmetic per element.
   const double positions = (double)a.nTokens * a.start + (double)a.nTokens * (a.nTokens + 1) / 2;
   const double bytes = positions * a.nHead * a.headDim * 8;
   const double useful = bytes / kMinBytesPerExtraThread;
@@ -350,15 +385,21 @@ void runAttention(const AttnArgs& a, int threads) {
 Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "causalAttention: expected (q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out[, threads])";
+  const char* kvTypes = "a Float32Array, or a Uint16Array of f16 bits (keys and values of the same type)";
   if (info.Length() < 9) return throwType(env, usage);
   AttnArgs a{};
   size_t qLen, kLen, vLen, outLen;
   float* q;
-  float* k;
-  float* v;
+  void* k;
+  void* v;
   if (!typedArray(env, info[0], napi_float32_array, &q, &qLen)) return throwType(env, "causalAttention: q must be a Float32Array");
-  if (!typedArray(env, info[1], napi_float32_array, &k, &kLen)) return throwType(env, "causalAttention: keys must be a Float32Array");
-  if (!typedArray(env, info[2], napi_float32_array, &v, &vLen)) return throwType(env, "causalAttention: values must be a Float32Array");
+  a.f16 = typedArray(env, info[1], napi_uint16_array, &k, &kLen);
+  if (!a.f16 && !typedArray(env, info[1], napi_float32_array, &k, &kLen)) {
+    return throwType(env, std::string("causalAttention: keys must be ") + kvTypes);
+  }
+  if (!typedArray(env, info[2], a.f16 ? napi_uint16_array : napi_float32_array, &v, &vLen)) {
+    return throwType(env, std::string("causalAttention: values must be ") + kvTypes);
+  }
   if (!typedArray(env, info[8], napi_float32_array, &a.out, &outLen)) return throwType(env, "causalAttention: out must be a Float32Array");
   int64_t start, nTokens, nHead, nHeadKv, headDim;
   const int64_t big = 1 << 24;  // each count far below where size products could overflow 64 bits
@@ -394,6 +435,30 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// storeF16(src, dst, at, n): dst[at + i] = f16 bits of src[i] for i < n (the f16 KV cache's write).
+Napi::Value StoreF16(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4) return throwType(env, "storeF16: expected (src, dst, at, n)");
+  float* src;
+  uint16_t* dst;
+  size_t srcLen, dstLen;
+  if (!typedArray(env, info[0], napi_float32_array, &src, &srcLen)) return throwType(env, "storeF16: src must be a Float32Array");
+  if (!typedArray(env, info[1], napi_uint16_array, &dst, &dstLen)) return throwType(env, "storeF16: dst must be a Uint16Array");
+  int64_t at, n;
+  if (!intArg(info[2], 0, INT64_C(1) << 40, &at)) return throwRange(env, "storeF16: at must be a non-negative integer");
+  if (!intArg(info[3], 0, INT64_C(1) << 40, &n)) return throwRange(env, "storeF16: n must be a non-negative integer");
+  if (srcLen < (uint64_t)n) return throwRange(env, "storeF16: src has " + str(srcLen) + " values, need " + str(n));
+  if (dstLen < (uint64_t)(at + n)) return throwRange(env, "storeF16: dst has " + str(dstLen) + " values, need " + str(at + n));
+#if defined(__x86_64__)
+  if (avx2()) {
+    toF16Avx2(src, dst + at, (size_t)n);
+    return env.Undefined();
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) dst[at + i] = floatToFp16(src[i]);
+  return env.Undefined();
+}
+
 // swiglu(g, u, n): g[i] = silu(g[i]) * u[i] for i < n
 Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -424,6 +489,7 @@ void RegisterAttention(Napi::Env env, Napi::Object exports, bool (*useAvx2)()) {
   avx2Chosen = useAvx2;
   exports.Set("causalAttention", Napi::Function::New(env, CausalAttention));
   exports.Set("swiglu", Napi::Function::New(env, Swiglu));
+  exports.Set("storeF16", Napi::Function::New(env, StoreF16));
 }
 
 }  // namespace moe

@@ -4,7 +4,7 @@
 
 namespace moe {
 
-// Registers causalAttention and swiglu on exports. useAvx2 is addon.cc's kernel-path choice (so
+// Registers causalAttention, storeF16 and swiglu on exports. useAvx2 is addon.cc's kernel-path choice (so
 // setKernelPath('portable') forces the plain C++ paths here too).
 void RegisterAttention(Napi::Env env, Napi::Object exports, bool (*useAvx2)());
 

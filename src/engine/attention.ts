@@ -1,5 +1,7 @@
 // Causal multi-head attention with grouped-query heads over the KV cache.
 import { causalAttention as nativeCausalAttention } from '../native/index.js';
+import { f16ToF32 } from '../model/quant/f16.js';
+import type { KVArray } from './kv-cache.js';
 
 export interface AttentionShape {
   nHead: number;
@@ -9,21 +11,23 @@ export interface AttentionShape {
 
 /**
  * q: nTokens rows of nHead*headDim (already normed and roped); the tokens sit at positions
- * start..start+nTokens-1. keys/values: [pos][nHeadKv][headDim] for positions 0..start+nTokens-1.
+ * start..start+nTokens-1. keys/values: [pos][nHeadKv][headDim] for positions 0..start+nTokens-1, both f32
+ * or both f16 bits (a Uint16Array, as the f16 KV cache stores them; each value is widened exactly to f32).
  * Token t attends to positions 0..start+t (causal). Query head h reads kv head floor(h / (nHead/nHeadKv)).
  * Scores are scaled by 1/sqrt(headDim) and softmaxed in double. Writes nTokens rows of nHead*headDim to out.
  * `threads` > 1 lets the native kernel split the heads over its thread pool (same bits for any count).
  */
-export function causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
+export function causalAttention(q: Float32Array, keys: KVArray, values: KVArray, start: number,
   nTokens: number, s: AttentionShape, out: Float32Array, threads = 1): Float32Array {
   nativeCausalAttention(q, keys, values, start, nTokens, s.nHead, s.nHeadKv, s.headDim, out, threads);
   return out;
 }
 
 /** The same computation in plain TypeScript (the reference the native kernel is tested against). */
-export function causalAttentionReference(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
+export function causalAttentionReference(q: Float32Array, kvKeys: KVArray, kvValues: KVArray, start: number,
   nTokens: number, s: AttentionShape, out: Float32Array): Float32Array {
   const { nHead, nHeadKv, headDim } = s;
+  const keys = asF32(kvKeys), values = asF32(kvValues);
   const group = nHead / nHeadKv;
   const qRow = nHead * headDim;
   const kvRow = nHeadKv * headDim;
@@ -59,5 +63,13 @@ export function causalAttentionReference(q: Float32Array, keys: Float32Array, va
       for (let i = 0; i < headDim; i++) out[qOff + i] = acc[i]!;
     }
   }
+  return out;
+}
+
+/** f32 K/V as is; f16 bits widened to f32 values. */
+function asF32(a: KVArray): Float32Array {
+  if (a instanceof Float32Array) return a;
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = f16ToF32(a[i]!);
   return out;
 }

@@ -9,7 +9,7 @@ import { ExpertLocator, type ExpertMatrix } from '../experts/locator.js';
 import { ExpertOffload, type OffloadOptions } from '../experts/offload.js';
 import type { ExpertStatsSnapshot } from '../experts/stats.js';
 import { causalAttention } from './attention.js';
-import { KVCache } from './kv-cache.js';
+import { checkKVType, KVCache, type KVType } from './kv-cache.js';
 import { moeForward, type ExpertWeights, type SharedExpert } from './moe-layer.js';
 import { rmsNorm } from './norm.js';
 import { route } from './router.js';
@@ -31,6 +31,8 @@ export interface LoadOptions {
    * resident path (no `offload`), which reads every expert into memory at load time.
    */
   offload?: OffloadOptions;
+  /** The KV cache's element type (default 'f16', llama.cpp's default; 'f32' keeps K and V exactly). */
+  kvType?: KVType;
 }
 
 export type { OffloadOptions, ExpertStatsSnapshot };
@@ -241,6 +243,7 @@ class LoadedModel implements Model {
   readonly architecture: Architecture;
   readonly threads: number;
   readonly onRoute: LoadOptions['onRoute'];
+  readonly kvType: KVType;
   readonly tokenEmbd: Weight;
   readonly outputNorm: Float32Array;
   readonly output: Weight;
@@ -260,6 +263,7 @@ class LoadedModel implements Model {
     this.contextLength = hp.contextLength;
     this.threads = Math.max(1, Math.floor(options.threads ?? 1));
     this.onRoute = options.onRoute;
+    this.kvType = checkKVType(options.kvType ?? 'f16');
     const P = this.arch;
     this.tokenEmbd = readWeight(file, 'token_embd.weight', hp.nEmbd, hp.nVocab, `${P}.embedding_length, vocabulary size`);
     this.outputNorm = readVector(file, 'output_norm.weight', hp.nEmbd, `${P}.embedding_length`);
@@ -305,7 +309,7 @@ class ModelSequence implements Sequence {
 
   constructor(private readonly m: LoadedModel) {
     const hp = m.hp;
-    this.cache = new KVCache(hp.nLayer, hp.nHeadKv * hp.headDim, hp.contextLength);
+    this.cache = new KVCache(hp.nLayer, hp.nHeadKv * hp.headDim, hp.contextLength, m.kvType);
     this.rope = { style: m.architecture.rope, nRot: hp.nRot, headDim: hp.headDim, base: hp.ropeBase };
   }
 

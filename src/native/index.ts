@@ -13,9 +13,16 @@ export interface Addon {
   setKernelPath(path: 'auto' | 'avx2' | 'portable'): void;
   sumBytes(buf: Uint8Array): number;
   parkThreads(): void;
+  // expert-batch.cc
+  expertBatch(slabs: Uint8Array[], desc: Float64Array, x: Float32Array, rows: Int32Array, out: Float32Array,
+    nEmbd: number, threads: number): void;
+  poolServeGeneration(): number;
+  poolServe(gen: number): boolean;
+  poolReleaseServers(): void;
   // attention.cc
-  causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number, nTokens: number,
-    nHead: number, nHeadKv: number, headDim: number, out: Float32Array, threads?: number): void;
+  causalAttention(q: Float32Array, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, start: number,
+    nTokens: number, nHead: number, nHeadKv: number, headDim: number, out: Float32Array, threads?: number): void;
+  storeF16(src: Float32Array, dst: Uint16Array, at: number, n: number): void;
   swiglu(g: Float32Array, u: Float32Array, n: number): void;
   // moe-combine.cc
   moeCombine(ys: Float32Array, offsets: Int32Array, weights: Float32Array, nTokens: number, k: number,
@@ -88,19 +95,55 @@ export function setKernelPath(path: 'auto' | 'avx2' | 'portable'): void { native
  */
 export function parkThreads(): void { native().parkThreads(); }
 
+/** Values per expert in expertBatch's descriptor: slab, rowStart, nTokens, then for gate, up, down: offset, byteLength, type, rows, cols. */
+export const EXPERT_DESC_STRIDE = 18;
+
+/**
+ * Computes experts' FFNs, down . (silu(gate . x) * (up . x)), one expert per chunk of the native thread
+ * pool (`threads` threads, this one included): expert i (desc[i * EXPERT_DESC_STRIDE ..]) reads its
+ * matrices from slabs[slab] and writes output rows [rowStart, rowStart + nTokens) of out (nEmbd values
+ * each) from the rows of x named by rows[rowStart ..]. The same kernels in the same order as
+ * src/experts/ffn.ts's expertFfnInto: the same bits. Throws RangeError on a descriptor that does not fit.
+ */
+export function expertBatch(slabs: Uint8Array[], desc: Float64Array, x: Float32Array, rows: Int32Array, out: Float32Array,
+  nEmbd: number, threads: number): void {
+  native().expertBatch(slabs, desc, x, rows, out, nEmbd, threads);
+}
+
+/**
+ * Lending threads to the native pool: a worker thread calls poolServe(gen) and, until
+ * poolReleaseServers(), helps with every pool job (matmul row chunks, attention heads, expertBatch's
+ * experts) instead of the pool's own helper threads, which sleep meanwhile. `gen` comes from
+ * poolServeGeneration() read before the worker was asked, so a release that came first is not missed.
+ */
+export const threadLending = {
+  generation(): number { return native().poolServeGeneration(); },
+  serve(gen: number): boolean { return native().poolServe(gen); },
+  releaseAll(): void { native().poolReleaseServers(); },
+};
+
 /** Reads every byte of `buf` once (a memory read-bandwidth probe for the benchmark); returns their sum. */
 export function sumBytes(buf: Uint8Array): number { return native().sumBytes(buf); }
 
 /**
  * Causal grouped-query attention, as documented on src/engine/attention.ts's causalAttentionReference
- * (q: nTokens rows of nHead*headDim at positions start..; keys/values [pos][nHeadKv][headDim]), computed in
- * double and rounded to f32 into out. Throws TypeError/RangeError on bad arguments or sizes.
+ * (q: nTokens rows of nHead*headDim at positions start..; keys/values [pos][nHeadKv][headDim], both f32 or
+ * both f16 bits in a Uint16Array), computed in double and rounded to f32 into out. Throws TypeError/RangeError
+ * on bad arguments or sizes.
  * threads > 1 splits the heads over the matmul thread pool when the K/V read is big enough to gain from
  * it; the result is bit-identical whatever `threads` is.
  */
-export function causalAttention(q: Float32Array, keys: Float32Array, values: Float32Array, start: number,
-  nTokens: number, nHead: number, nHeadKv: number, headDim: number, out: Float32Array, threads = 1): void {
+export function causalAttention(q: Float32Array, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array,
+  start: number, nTokens: number, nHead: number, nHeadKv: number, headDim: number, out: Float32Array, threads = 1): void {
   native().causalAttention(q, keys, values, start, nTokens, nHead, nHeadKv, headDim, out, threads);
+}
+
+/**
+ * dst[at + i] = the f16 bits of src[i] for i < n, rounded to nearest even (as f32ToF16 in
+ * src/model/quant/f16.ts, bit for bit on finite values and infinities). The f16 KV cache's write.
+ */
+export function storeF16(src: Float32Array, dst: Uint16Array, at: number, n: number): void {
+  native().storeF16(src, dst, at, n);
 }
 
 /**
