@@ -78,7 +78,8 @@ function median(v: number[]): number {
 /** loadModel, or undefined while the engine is still the contract stub. */
 async function tryLoad(path: string): Promise<Model | undefined> {
   try {
-    return await loadModel(path, { threads: 1 });
+    // f32 KV: the reference keeps K and V exact (an f16 cache rounds them, ~5e-4 relative)
+    return await loadModel(path, { threads: 1, kvType: 'f32' });
   } catch (err) {
     if (err instanceof Error && err.message === 'not implemented') return undefined;
     throw err;

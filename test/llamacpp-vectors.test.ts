@@ -232,7 +232,8 @@ for (const file of vectorFiles('logits')) {
   test(`forward pass on ${v.model} matches llama.cpp's logits (${v.tokens.length} positions)`, async (t) => {
     const fx = fixtureFor(v);
     if ('skip' in fx) return t.skip(fx.skip);
-    const model = await unlessStub(t, 'src/engine/model loadModel', () => loadModel(fx.path));
+    // f32 KV: the vectors were made with type_k = type_v = F32 (test/vectors/README.md)
+    const model = await unlessStub(t, 'src/engine/model loadModel', () => loadModel(fx.path, { kvType: 'f32' }));
     if (!model) return;
     try {
       assert.equal(model.vocabSize, v.n_vocab, 'vocabulary size');
