@@ -2,9 +2,11 @@
 // expert cache at 100%, 50% and 25% of the expert bytes, next to a lower bound from numbers measured in
 // the same run: max(bytes read per token / read bandwidth, bytes computed per token / expert-FFN GB/s of
 // all the threads computing at once). Misses are read with O_DIRECT (generate --direct-io) so they cost a disk read, not a
-// page-cache copy, whatever the page cache holds; page-cache rows show the warm-file case. The disk is
-// often a shared virtual device whose bandwidth swings within minutes, so each row's read bound uses
-// that row's own bandwidth, probed with the decode's read path right before and right after it.
+// page-cache copy, whatever the page cache holds; page-cache rows read them buffered from a page cache
+// dropped right before (the cold case, where the kernel lets us drop it). The disk is often a shared
+// virtual device whose bandwidth swings within minutes, so each row's read bound uses that row's own
+// bandwidth, probed with the decode's read path right before, right after, and in small slices between
+// its timed tokens.
 import { existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { loadModel, type ExpertStatsSnapshot } from '../src/engine/model.js';
@@ -45,6 +47,11 @@ export interface OffloadSettings {
   kernelExperts: number;
   /** Experts read by each per-row bandwidth probe (one right before and one right after each decode row). */
   rowProbeExperts: number;
+  /**
+   * Every this many timed tokens of a row (but not after the last), a probe slice of k experts (one
+   * layer's misses) is read with the row's read path, outside the token timing: the disk's rate during the row.
+   */
+  probeSliceEveryTokens: number;
   /** Direct-I/O rows at this RAM cache percent decode `timelineTokens` more tokens, timed layer by layer. */
   timelinePercent: number;
   timelineTokens: number;
@@ -57,9 +64,9 @@ export interface OffloadSettings {
 }
 
 export function defaultOffloadSettings(quick: boolean, repeats = 1): OffloadSettings {
-  const common = { quick, threads: availableParallelism(), ramCachePercents: [100, 50, 25], prefetchPercents: [50, 25], timelinePercent: 50, repeats };
+  const common = { quick, threads: availableParallelism(), ramCachePercents: [100, 50, 25], prefetchPercents: [50, 25], timelinePercent: 50, probeSliceEveryTokens: 4, repeats };
   return quick
-    ? { ...common, shape: OLMOE_LIKE_QUICK, pageCachePercents: [],
+    ? { ...common, shape: OLMOE_LIKE_QUICK, pageCachePercents: [50],
       warmupTokens: 2, timedTokens: 6, bandwidthExperts: 24, kernelExperts: 24, rowProbeExperts: 16, timelineTokens: 2 }
     : { ...common, shape: OLMOE_LIKE, pageCachePercents: [50, 25],
       warmupTokens: 4, timedTokens: 24, bandwidthExperts: 96, kernelExperts: 48, rowProbeExperts: 64, timelineTokens: 4 };
@@ -75,6 +82,12 @@ export interface DecodeRow {
   ramCachePercent: number;
   ramCacheBytes: number;
   io: 'direct' | 'page cache';
+  /**
+   * Page-cache rows: 'cold' when the page cache was dropped right before each probe and slice, right
+   * after each slice and right before the timed tokens (the misses cost a disk read, as the bound
+   * assumes); 'unknown' where dropping was not permitted (the probes and the decode may find pages cached).
+   */
+  pageCache?: 'cold' | 'unknown';
   /** OffloadOptions.prefetch on: the timed tokens' prefetches (issued, then looked up or evicted unused). */
   prefetch?: { issued: number; used: number; wasted: number };
   promptTokens: number;
@@ -95,8 +108,12 @@ export interface DecodeRow {
   ratio: number;
   /** With repeats: the ratio of every run of this row, in run order (this row is the median one). */
   ratioRuns?: number[];
-  /** This row's own read bandwidth: the decode's read path probed right before and right after the row (GB/s). */
-  rowReadGbps: { before: number; after: number; combined: number };
+  /**
+   * This row's own read bandwidth (GB/s), the decode's read path probed right before and right after
+   * the row and in slices between its timed tokens; combined = all their bytes / all their time (the
+   * byte-weighted harmonic mean), which the read bound uses.
+   */
+  rowReadGbps: { before: number; after: number; slices: number[]; combined: number };
   /** The read bound from the bandwidth measured once before all rows (the old figure), for comparison. */
   readBoundMsGlobalBandwidth: number;
   /** Direct reads of this row that landed in the slot without a copy, and those that went through a scratch buffer. */
@@ -237,6 +254,8 @@ export interface OffloadBenchResult {
   /** Bytes whose product a decode token computes: k x layers x expert bytes + resident matrices used per token. */
   computedBytesPerToken: { experts: number; resident: number; total: number };
   pageCacheDrop: string;
+  /** OffloadSettings.probeSliceEveryTokens of the run. */
+  probeSliceEveryTokens: number;
   sequentialColdRead: ReadBandwidth | null;
   directRead: ReadBandwidth;
   pageCacheRead: ReadBandwidth;
@@ -248,6 +267,12 @@ export interface OffloadBenchResult {
   /** 1-minute load average before and after (the machine may be shared). */
   loadAverage: { before: number; after: number };
   seconds: number;
+}
+
+/** Harmonic mean of the finite values (NaN when none). */
+function harmonic(values: number[]): number {
+  const ok = values.filter((v) => Number.isFinite(v) && v > 0);
+  return ok.length ? ok.length / ok.reduce((a, v) => a + 1 / v, 0) : NaN;
 }
 
 const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
@@ -303,46 +328,73 @@ async function expertReadBandwidth(path: string, locator: ExpertLocator, direct:
   }
 }
 
+/** One probe read: bytes and wall time (ms). */
+interface ProbeSample { bytes: number; ms: number }
+
+const gbpsOf = (x: ProbeSample | null): number => (x && x.bytes > 0 ? x.bytes / (x.ms / 1000) / 1e9 : NaN);
+
 /**
  * A row's own read bandwidth, probed with the decode's read path itself (HostCache slots filled by
- * ExpertReader, `k` expert loads in flight, as the dispatcher does for one layer's misses). Direct: a
- * fresh random set each probe. Page cache: a fixed set read once untimed first, so the timed pass hits.
+ * ExpertReader, `k` expert loads in flight, as the dispatcher does for one layer's misses; O_DIRECT or
+ * buffered, as the row). One per row, open for the whole row: the probes right before and right after
+ * it and the slices between its timed tokens. Every read picks experts this probe has not read before,
+ * so each load is a miss (the cache holds only a few slots) and, buffered, never finds a page an earlier
+ * probe of the row left in the page cache.
  */
-async function rowReadProbe(path: string, locator: ExpertLocator, direct: boolean, count: number, seed: number): Promise<number> {
-  const k = Math.max(1, locator.expertUsedCount);
-  const file = new PositionedFile(path, { direct });
-  let bytes = 0;
-  const reader = new ExpertReader(file, locator, (_l, b) => { bytes += b; });
-  const cache = new HostCache({ budgetBytes: minimumBudget(slotBytesOf(locator), k), experts: locator, expertsInUse: k });
-  const next = mulberry32(seed);
-  // Distinct experts, so every load is a miss (the cache holds k; the next batch evicts the last).
-  // Direct: twice as many, the first half read untimed so the slots' pages are faulted in (as in a
-  // decode past its warm-up). Page cache: the same set twice, the first pass untimed.
-  const seen = new Set<number>();
-  const picks: (readonly [number, number])[] = [];
-  const want = direct ? 2 * count : count;
-  for (let tries = 0; picks.length < want && tries < 100 * want; tries++) {
-    const l = Math.floor(next() * locator.layers), e = Math.floor(next() * locator.expertCount);
-    if (!locator.hasExperts(l) || seen.has(l * locator.expertCount + e)) continue;
-    seen.add(l * locator.expertCount + e);
-    picks.push([l, e]);
+class RowReadProbe {
+  private readonly file: PositionedFile;
+  private readonly reader: ExpertReader;
+  private readonly cache: HostCache;
+  private readonly next: () => number;
+  private readonly seen = new Set<number>();
+  private bytes = 0;
+  readonly k: number;
+
+  private constructor(path: string, private readonly locator: ExpertLocator, direct: boolean, seed: number) {
+    this.k = Math.max(1, locator.expertUsedCount);
+    this.file = new PositionedFile(path, { direct });
+    this.reader = new ExpertReader(this.file, locator, (_l, b) => { this.bytes += b; });
+    this.cache = new HostCache({ budgetBytes: minimumBudget(slotBytesOf(locator), this.k), experts: locator, expertsInUse: this.k });
+    this.next = mulberry32(seed);
   }
-  const [warm, timed] = direct ? [picks.slice(0, picks.length >> 1), picks.slice(picks.length >> 1)] : [picks, picks];
-  const pass = async (set: (readonly [number, number])[]): Promise<number> => {
-    const t0 = performance.now();
-    for (let i = 0; i < set.length; i += k) {
-      const entries = await Promise.all(set.slice(i, i + k).map(([l, e]) => cache.getOrLoad(l, e, (entry) => reader.load(entry))));
-      entries.forEach((entry: HostEntry) => cache.release(entry));
+
+  /**
+   * Opens the probe and reads `warmExperts` experts untimed, so the slots' pages are faulted in (as in a
+   * decode past its warm-up). Buffered, those experts are then in the page cache: drop it after this
+   * for a cold probe.
+   */
+  static async open(path: string, locator: ExpertLocator, direct: boolean, seed: number, warmExperts: number): Promise<RowReadProbe> {
+    const probe = new RowReadProbe(path, locator, direct, seed);
+    try {
+      await probe.read(warmExperts);
+    } catch (err) {
+      probe.close();
+      throw err;
     }
-    return performance.now() - t0;
-  };
-  try {
-    await pass(warm);
-    bytes = 0;
-    const ms = await pass(timed);
-    return bytes / (ms / 1000) / 1e9;
-  } finally {
-    file.close();
+    return probe;
+  }
+
+  /** Reads `count` experts this probe has not read yet, `k` at a time, timed. */
+  async read(count: number): Promise<ProbeSample> {
+    const { locator, k } = this;
+    const picks: (readonly [number, number])[] = [];
+    for (let tries = 0; picks.length < count && tries < 100 * count; tries++) {
+      const l = Math.floor(this.next() * locator.layers), e = Math.floor(this.next() * locator.expertCount);
+      if (!locator.hasExperts(l) || this.seen.has(l * locator.expertCount + e)) continue;
+      this.seen.add(l * locator.expertCount + e);
+      picks.push([l, e]);
+    }
+    this.bytes = 0;
+    const t0 = performance.now();
+    for (let i = 0; i < picks.length; i += k) {
+      const entries = await Promise.all(picks.slice(i, i + k).map(([l, e]) => this.cache.getOrLoad(l, e, (entry) => this.reader.load(entry))));
+      entries.forEach((entry: HostEntry) => this.cache.release(entry));
+    }
+    return { bytes: this.bytes, ms: performance.now() - t0 };
+  }
+
+  close(): void {
+    this.file.close();
   }
 }
 
@@ -441,8 +493,16 @@ function delta(a: ExpertStatsSnapshot, b: ExpertStatsSnapshot, ms: number): Toke
   return { ms, hits: d('hits'), misses: d('misses'), bytesRead: d('bytesRead'), stallMs: d('stallMs'), wallMs: d('wallMs'), computeMs: d('computeMs') };
 }
 
-async function decodeRun(path: string, percent: number, io: DecodeRow['io'], prefetch: boolean, s: OffloadSettings):
-  Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio' | 'rowReadGbps' | 'readBoundMsGlobalBandwidth'>> {
+/** What a row does between decode tokens, outside their timing. */
+interface DecodeHooks {
+  /** After the warm-up tokens, right before the first timed token. */
+  beforeTimed?: () => Promise<void> | void;
+  /** After each timed token but the last; `timed` counts the timed tokens done. */
+  betweenTimed?: (timed: number) => Promise<void> | void;
+}
+
+async function decodeRun(path: string, percent: number, io: DecodeRow['io'], prefetch: boolean, s: OffloadSettings, hooks: DecodeHooks = {}):
+  Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio' | 'rowReadGbps' | 'readBoundMsGlobalBandwidth' | 'pageCache'>> {
   const model = await loadModel(path, { threads: s.threads, offload: { ramCache: `${percent}%`, threads: s.threads, directIo: io === 'direct', prefetch } });
   try {
     const prompt = model.tokenizer.encode(PROMPT, { addSpecial: true });
@@ -456,15 +516,27 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], pre
     const promptMs = performance.now() - t0;
     const timed: TokenDelta[] = [];
     const io0 = ioCounters();
+    const hookReads = { zeroCopy: 0, bounced: 0 };
     let prefetch0 = model.expertStats()!.prefetch;
     for (let i = 0; i < s.warmupTokens + s.timedTokens; i++) {
       const token = sampler.sample(logits);
+      if (i === s.warmupTokens) await hooks.beforeTimed?.();
       const before = model.expertStats()!;
       if (i === s.warmupTokens) prefetch0 = before.prefetch;
       t0 = performance.now();
       logits = await seq.eval([token], { lastOnly: true });
       const ms = performance.now() - t0;
-      if (i >= s.warmupTokens) timed.push(delta(before, model.expertStats()!, ms));
+      if (i >= s.warmupTokens) {
+        timed.push(delta(before, model.expertStats()!, ms));
+        if (timed.length < s.timedTokens && hooks.betweenTimed) {
+          // The hook's own direct reads (probe slices) are not the decode's.
+          const h0 = ioCounters();
+          await hooks.betweenTimed(timed.length);
+          const h1 = ioCounters();
+          hookReads.zeroCopy += h1.zeroCopyReads - h0.zeroCopyReads;
+          hookReads.bounced += h1.bouncedReads - h0.bouncedReads;
+        }
+      }
     }
     const io1 = ioCounters();
     const prefetch1 = model.expertStats()!.prefetch;
@@ -485,7 +557,7 @@ async function decodeRun(path: string, percent: number, io: DecodeRow['io'], pre
       hitRate: sum('hits') / Math.max(1, sum('hits') + sum('misses')),
       bytesReadPerToken: sum('bytesRead') / n, stallMsPerToken: sum('stallMs') / n,
       expertWallMsPerToken: sum('wallMs') / n, computeMsPerToken: sum('computeMs') / n,
-      directReads: { zeroCopy: io1.zeroCopyReads - io0.zeroCopyReads, bounced: io1.bouncedReads - io0.bouncedReads },
+      directReads: { zeroCopy: io1.zeroCopyReads - io0.zeroCopyReads - hookReads.zeroCopy, bounced: io1.bouncedReads - io0.bouncedReads - hookReads.bounced },
       ...(timeline ? { timeline } : {}),
     };
   } finally {
@@ -553,7 +625,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
       ffnAllThreads = await expertFfnThroughput(ffnExperts, s.threads, s.quick);
     }
     const order = rep % 2 === 0 ? [...runs.keys()] : [...runs.keys()].reverse();
-    for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, ffnAllThreads));
+    for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, rep, ffnAllThreads));
   }
   // Each row: its run with the median ratio (for an even count the higher middle one: no flattering), and every ratio.
   const rows = runsOf.map((runsOfRow) => {
@@ -562,29 +634,61 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     return s.repeats > 1 ? { ...median, ratioRuns: runsOfRow.map((r) => r.ratio) } : median;
   });
 
-  async function decodeRow(ri: number, ffn: Summary): Promise<DecodeRow> {
+  async function decodeRow(ri: number, rep: number, ffn: Summary): Promise<DecodeRow> {
     const [percent, io, prefetch] = runs[ri]!;
     const direct = io === 'direct';
-    progress(`decode: RAM cache ${percent}%, misses read ${direct ? 'with O_DIRECT' : 'through the page cache'}${prefetch ? ', next layer prefetched' : ''} (read bandwidth probed before and after)`);
-    const probe = (seed: number) => rowReadProbe(model.path, locator, direct, s.rowProbeExperts, direct ? seed : 11).catch(() => NaN);
-    const before = await probe(300 + 2 * ri);
-    const r = await decodeRun(model.path, percent, io, prefetch, s);
-    const after = await probe(301 + 2 * ri);
-    // Both probes read the same bytes: the combined rate is the harmonic mean (total bytes / total time).
-    const combined = Number.isFinite(before) && Number.isFinite(after) ? 2 / (1 / before + 1 / after) : (Number.isFinite(before) ? before : after);
-    const globalBw = (direct ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
+    // Page-cache rows are the cold case the read bound assumes: the page cache is dropped right before
+    // each probe and slice, right after each slice and right before the timed tokens (the prompt and
+    // the warm-up tokens read nearly every expert). Where dropping is not permitted, the state is unknown.
+    let pageCache: DecodeRow['pageCache'] = direct ? undefined : (dropError === null ? 'cold' : 'unknown');
+    const drop = (): void => {
+      if (pageCache !== 'cold') return;
+      const err = dropPageCache();
+      if (err !== null) { pageCache = 'unknown'; progress(`page cache drop failed (${err}): this row's page cache state is unknown`); }
+    };
+    progress(`decode: RAM cache ${percent}%, misses read ${direct ? 'with O_DIRECT' : `through the page cache (${pageCache === 'cold' ? 'dropped: cold' : 'not dropped: state unknown'})`}`
+      + `${prefetch ? ', next layer prefetched' : ''} (read bandwidth probed before, every ${s.probeSliceEveryTokens} timed tokens, and after)`);
+    const probe = await RowReadProbe.open(model.path, locator, direct, 300 + ri + 1000 * rep, s.rowProbeExperts).catch(() => null);
+    const sample = async (count: number): Promise<ProbeSample | null> => (probe ? probe.read(count).catch(() => null) : null);
+    let r: Awaited<ReturnType<typeof decodeRun>>, before: ProbeSample | null, after: ProbeSample | null;
+    const slices: (ProbeSample | null)[] = [];
+    try {
+      drop();
+      before = await sample(s.rowProbeExperts);
+      r = await decodeRun(model.path, percent, io, prefetch, s, {
+        beforeTimed: drop,
+        betweenTimed: async (timed) => {
+          if (timed % s.probeSliceEveryTokens !== 0) return;
+          // Cold slice, then dropped again so the decode does not find the slice's experts cached.
+          drop();
+          slices.push(await sample(locator.expertUsedCount));
+          drop();
+        },
+      });
+      drop();
+      after = await sample(s.rowProbeExperts);
+    } finally {
+      probe?.close();
+    }
+    // All probes of the row together: total bytes / total time (the byte-weighted harmonic mean).
+    const ok = [before, ...slices, after].filter((x): x is ProbeSample => x !== null && x.bytes > 0);
+    const combined = gbpsOf(ok.length ? ok.reduce((a, x) => ({ bytes: a.bytes + x.bytes, ms: a.ms + x.ms })) : null);
+    // Cold page-cache rows read from the disk: their fallback and old figure is the disk's, not the hot page cache's.
+    const globalBw = (direct || pageCache === 'cold' ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
     const bw = Number.isFinite(combined) ? combined : globalBw;
     const readBoundMs = r.bytesReadPerToken / (bw * 1e9) * 1000;
     const computeBoundMs = computedTotal / (ffn.median * 1e9) * 1000;
     const boundMs = Math.max(readBoundMs, computeBoundMs);
-    return { ...r, readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs,
-      rowReadGbps: { before, after, combined }, readBoundMsGlobalBandwidth: r.bytesReadPerToken / (globalBw * 1e9) * 1000 };
+    return { ...r, ...(pageCache ? { pageCache } : {}), readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs,
+      rowReadGbps: { before: gbpsOf(before), after: gbpsOf(after), slices: slices.map(gbpsOf), combined },
+      readBoundMsGlobalBandwidth: r.bytesReadPerToken / (globalBw * 1e9) * 1000 };
   }
   return {
     model: { path: model.path, fileBytes: model.bytes, created: model.created, generateSeconds: model.seconds, shape, note },
     threads: s.threads, expertBytes,
     computedBytesPerToken: { experts: computedExperts, resident, total: computedTotal },
     pageCacheDrop: dropError === null ? 'dropped (echo 1 > /proc/sys/vm/drop_caches)' : `not permitted: ${dropError}`,
+    probeSliceEveryTokens: s.probeSliceEveryTokens,
     sequentialColdRead, directRead, pageCacheRead, expertFfnGbps, expertFfnAllThreadsGbps, rows, loadAverage: { before: loadBefore, after: loadavg()[0]! },
     seconds: (performance.now() - start) / 1000,
   };
@@ -594,6 +698,7 @@ export function offloadTable(r: OffloadBenchResult): string {
   const f = (v: number, d = 2) => v.toFixed(d);
   const mb = (b: number) => f(b / 1e6, 1);
   const sh = r.model.shape;
+  const viaOf = (x: DecodeRow) => `${x.io}${x.pageCache ? (x.pageCache === 'cold' ? ', cold' : ', state unknown') : ''}${x.prefetch ? ' + prefetch' : ''}`;
   const bwLine = (b: ReadBandwidth | null) => (b?.gbps ? `${f(b.gbps.median)} GB/s [${f(b.gbps.min)}..${f(b.gbps.max)}]` : (b?.note ?? 'n/a'));
   const lines = [
     `moe-offload offload bench: ${sh.nLayer} layers, ${sh.nExpert} experts of ${sh.nEmbd}x${sh.nFf} (${mb(r.expertBytes)} MB q4_0), top-${sh.nUsed}, ${r.threads} threads`,
@@ -601,17 +706,21 @@ export function offloadTable(r: OffloadBenchResult): string {
     `page cache: ${r.pageCacheDrop}`,
     ...(r.sequentialColdRead ? [`sequential cold read: ${bwLine(r.sequentialColdRead)} (${r.sequentialColdRead.what})`] : []),
     `disk read:        ${bwLine(r.directRead)} (${r.directRead.what})`,
-    `page-cache read:  ${bwLine(r.pageCacheRead)} (${r.pageCacheRead.what})`,
+    `page-cache read:  ${bwLine(r.pageCacheRead)} (${r.pageCacheRead.what}; information only: page-cache rows are decoded cold)`,
     `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] one thread alone (gate+up+down matmuls, 1 token, experts from RAM)`,
     `                  ${f(r.expertFfnAllThreadsGbps.median)} GB/s [${f(r.expertFfnAllThreadsGbps.min)}..${f(r.expertFfnAllThreadsGbps.max)}] ${r.threads} threads at once, together (${f(r.expertFfnAllThreadsGbps.median / r.expertFfnGbps.median)}x one thread: they share the memory bus)`,
     `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output)`,
     'bound = max(read MB/token / row read GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
-    'row GB/s = the decode\'s read path (O_DIRECT or page cache, as the row) probed right before / right after that row; the read bound uses their harmonic mean',
+    'row GB/s = the decode\'s read path (O_DIRECT or buffered, as the row) probed right before / during / right after that row: during = slices of',
+    `k experts read after every ${r.probeSliceEveryTokens} timed tokens, outside the token timing (harmonic mean); bound GB/s = all their bytes / all their time, the read bound's rate`,
+    r.pageCacheDrop.startsWith('dropped')
+      ? 'page cache, cold: the page cache dropped right before each probe and slice, after each slice and before the timed tokens, so misses read the disk'
+      : 'page cache, state unknown: dropping the page cache is not permitted here, so probes and misses may find pages cached (the bound assumes disk reads)',
     '',
   ];
-  const header = ['RAM cache', 'misses via', 'row GB/s', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
+  const header = ['RAM cache', 'misses via', 'row GB/s', 'bound GB/s', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
   const rows = [header, ...r.rows.map((x) => [
-    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, x.prefetch ? `${x.io} + prefetch` : x.io, `${f(x.rowReadGbps.before)}/${f(x.rowReadGbps.after)}`, f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
+    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, viaOf(x), `${f(x.rowReadGbps.before)}/${f(harmonic(x.rowReadGbps.slices))}/${f(x.rowReadGbps.after)}`, f(x.rowReadGbps.combined), f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
     f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1), f(x.computeMsPerToken, 1),
     f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1),
     x.ratioRuns ? `${f(x.ratio)} [${x.ratioRuns.map((v) => f(v)).join(' ')}]` : f(x.ratio),
