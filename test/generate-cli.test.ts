@@ -82,6 +82,17 @@ test('bad values exit 2 with one line that names the option and its range', () =
     [['--seed', 'x'], /--seed/],
     [['--threads', '0'], /--threads/],
     [['--top-logprobs', '1000'], /--top-logprobs/],
+    // The same wording for every number: the option, the value, why, and what is accepted.
+    [['--threads', 'abc'], /bad --threads 'abc': not a whole number; give a whole number from 1 to 1024/],
+    [['--temperature', '-1'], /bad --temperature '-1': less than 0; give a number from 0/],
+    [['--temperature', 'Infinity'], /bad --temperature 'Infinity': not a number/],
+    [['--max-tokens', '1.5'], /bad --max-tokens '1\.5': not a whole number/],
+    [['--top-k', '1e3'], /bad --top-k '1e3'/],
+    [['--seed', '99999999999999999999'], /bad --seed .*more than 4294967295/],
+    // A malformed --ram-cache is caught before the model loads (a percentage is resolved after).
+    [['--ram-cache', '512XiB'], /bad --ram-cache '512XiB': unknown unit/],
+    [['--ram-cache', '101%'], /bad --ram-cache '101%'.*percentage/],
+    [['--ram-cache', 'lots', '--model', join(repoRoot, 'no-such-model.gguf')], /bad --ram-cache 'lots'/],
     [['--model', join(repoRoot, 'no-such-model.gguf')], /not found/],
   ];
   for (const [args, pattern] of cases) {

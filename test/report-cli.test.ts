@@ -89,6 +89,13 @@ test('bad input: one line on stderr, exit 2', () => {
     [['report', '--trace', worked, '--target-hit-rate', '1.5'], /--target-hit-rate/],
     [['report', '--trace', worked, '--experts', '0'], /--experts/],
     [['report', '--trace', worked, '--expert-bytes', 'lots'], /--expert-bytes/],
+    [['report', '--trace', worked, '--expert-bytes', '0'], /bad --expert-bytes '0'/],
+    [['report', '--trace', worked, '--experts', 'abc'], /bad --experts 'abc': not a whole number; give a whole number of 1 or more/],
+    [['report', '--trace', worked, '--target-hit-rate', '0'], /bad --target-hit-rate '0'.*above 0/],
+    [['report', '--trace', worked, '--target-hit-rate', 'high'], /bad --target-hit-rate 'high': not a number/],
+    [['report', '--trace', worked, '--cache-sizes', '2,0'], /bad --cache-sizes '2,0'/],
+    // Bad values are reported before the trace is read.
+    [['report', '--trace', join(dir, 'missing.jsonl'), '--segments', '1.5'], /bad --segments '1\.5'/],
   ];
   for (const [args, re] of cases) {
     const r = cli(...args);

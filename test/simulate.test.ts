@@ -84,9 +84,17 @@ test('CLI: --ram-cache in bytes and percent, --cache-experts; bad values exit 2'
     [['--ram-cache', '4KiB', '--cache-experts', '2'], /exactly one of/],
     [['--ram-cache', '12 parsecs', '--expert-bytes', '1KiB'], /--ram-cache/],
     [['--ram-cache', '100B', '--expert-bytes', '1KiB'], /holds no expert/],
+    [['--cache-experts', '1.5'], /bad --cache-experts '1\.5': not a whole number/],
+    [['--cache-experts', '0'], /bad --cache-experts '0'/],
+    [['--cache-experts', '2', '--experts', 'x'], /bad --experts 'x'/],
+    [['--cache-experts', '2', '--expert-bytes', '-1'], /bad --expert-bytes '-1'/],
+    [['--ram-cache', '150%', '--expert-bytes', '1KiB'], /bad --ram-cache '150%'/],
+    // A malformed size is reported even when the trace cannot size the cache.
+    [['--ram-cache', '4 GiBs'], /bad --ram-cache '4 GiBs': unknown unit/],
   ] as [string[], RegExp][]) {
     const r = cli('simulate', '--trace', p, ...args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
     assert.match(r.err, re);
+    assert.equal(r.err.trim().split('\n').length, 1, r.err);
   }
 });

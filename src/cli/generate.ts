@@ -3,6 +3,7 @@
 import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
 import { runCommand } from './run-command.js';
+import { checkSizeForm, parseNonNegativeInt, parseNumber, parsePositiveInt } from './option-parsers.js';
 import { UsageError } from '../model/errors.js';
 import { defaultModelPath } from '../model/default-model.js';
 import { loadModel } from '../engine/model.js';
@@ -54,33 +55,22 @@ export interface GenerateOptions {
   trace: string | undefined;
 }
 
-function integer(flag: string, value: string, min: number, max: number): number {
-  const n = /^\s*[+-]?\d+\s*$/.test(value) ? Number(value) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) {
-    throw new UsageError(`${flag} must be an integer from ${min} to ${max}, got '${value}'`);
-  }
-  return n;
-}
-
-function decimal(flag: string, value: string, min: number, max: number, range: string): number {
-  const n = value.trim() === '' ? NaN : Number(value);
-  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`${flag} must be a number ${range}, got '${value}'`);
-  return n;
-}
-
 export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
   if (raw.prompt === undefined) throw new UsageError('--prompt is required', 'pass the text to continue, e.g. --prompt "Once upon a time"');
+  // A percentage needs the model's expert bytes, so the size is resolved once the model is open; a
+  // malformed one is reported now, before the model loads.
+  if (raw.ramCache !== undefined) checkSizeForm('--ram-cache', raw.ramCache);
   return {
     model: raw.model ?? defaultModelPath(),
     prompt: raw.prompt,
-    maxTokens: integer('--max-tokens', raw.maxTokens, 1, 1_000_000),
-    temperature: decimal('--temperature', raw.temperature, 0, 100, 'from 0 (greedy) to 100'),
-    topK: integer('--top-k', raw.topK, 0, 1_000_000_000),
-    topP: decimal('--top-p', raw.topP, 0, 1, 'from 0 to 1 (1 = off)'),
-    minP: decimal('--min-p', raw.minP, 0, 1, 'from 0 (off) to 1'),
-    seed: raw.seed === undefined ? undefined : integer('--seed', raw.seed, 0, 4294967295),
-    threads: raw.threads === undefined ? availableParallelism() : integer('--threads', raw.threads, 1, 1024),
-    topLogprobs: integer('--top-logprobs', raw.topLogprobs, 0, 100),
+    maxTokens: parsePositiveInt('--max-tokens', raw.maxTokens, 1_000_000),
+    temperature: parseNumber('--temperature', raw.temperature, { min: 0, max: 100, describe: 'from 0 (greedy) to 100' }),
+    topK: parseNonNegativeInt('--top-k', raw.topK, 1_000_000_000),
+    topP: parseNumber('--top-p', raw.topP, { min: 0, max: 1, describe: 'from 0 to 1 (1 = off)' }),
+    minP: parseNumber('--min-p', raw.minP, { min: 0, max: 1, describe: 'from 0 (off) to 1' }),
+    seed: raw.seed === undefined ? undefined : parseNonNegativeInt('--seed', raw.seed, 4294967295),
+    threads: raw.threads === undefined ? availableParallelism() : parsePositiveInt('--threads', raw.threads, 1024),
+    topLogprobs: parseNonNegativeInt('--top-logprobs', raw.topLogprobs, 100),
     json: raw.json ?? false,
     ramCache: raw.ramCache,
     directIo: raw.directIo ?? false,

@@ -5,32 +5,38 @@ import { writeFileSync } from 'node:fs';
 import cliProgress from 'cli-progress';
 import { runCommand } from './run-command.js';
 import { FileAccessError, UsageError } from '../model/errors.js';
-import { parseSize } from '../experts/size.js';
+import { parseExpertBytes, parseIntList, parseNumber, parsePositiveInt } from './option-parsers.js';
 import { loadTrace, type LoadedTrace } from '../trace/load.js';
 import { computeReport, formatReportText, reportJson } from '../trace/report-data.js';
 import { renderHtml } from '../trace/html.js';
 
-/** '4,16,64' -> [4, 16, 64]: positive integers, deduplicated, ascending. */
-export function parseIntList(text: string, what: string): number[] {
-  const parts = text.split(',').map((p) => p.trim());
-  const out: number[] = [];
-  for (const p of parts) {
-    if (!/^\d+$/.test(p) || Number(p) < 1) throw new UsageError(`bad ${what} '${text}': '${p}' is not a positive integer`, `give a comma-separated list such as 4,16,64`);
-    out.push(Number(p));
-  }
-  return [...new Set(out)].sort((a, b) => a - b);
+/** The options report and simulate share: the trace to read and what it may lack. */
+export interface TraceInputOptions {
+  trace: string;
+  experts?: string;
+  expertBytes?: string;
+  json?: boolean;
+  progress?: boolean;
 }
 
-export function parsePositiveInt(text: string, what: string): number {
-  if (!/^\d+$/.test(text.trim()) || Number(text) < 1) throw new UsageError(`bad ${what} '${text}': not a positive integer`, `give a whole number such as 64`);
-  return Number(text);
+/**
+ * Adds the options every trace-reading command takes (--trace, --experts, --expert-bytes, --json,
+ * --progress); `expertBytesUse` says what the command needs an expert's bytes for.
+ */
+export function addTraceInputOptions(cmd: Command, expertBytesUse: string): Command {
+  return cmd
+    .requiredOption('--trace <file>', 'routing trace: ours (generate --trace) or the import layout, one {"seq","pos","experts"} per line; .gz or plain')
+    .option('--experts <n>', 'experts per layer (default: the trace header, else the largest id + 1)')
+    .option('--expert-bytes <size>', `bytes of one expert, ${expertBytesUse} (default: the trace header)`)
+    .option('--json', 'print the result as JSON')
+    .option('--progress', 'show a progress bar while reading even when stderr is not a terminal');
 }
 
-export function parseExpertBytes(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const b = parseSize(text, { what: '--expert-bytes' });
-  if (b < 1) throw new UsageError(`bad --expert-bytes '${text}': must be at least 1 byte`, 'give the bytes of one expert, e.g. 3MiB');
-  return b;
+/** Checks --experts and --expert-bytes, then loads --trace (see loadTraceForCli). */
+export async function loadTraceInput(opts: TraceInputOptions): Promise<{ trace: LoadedTrace; expertBytes: number | undefined }> {
+  const experts = opts.experts !== undefined ? parsePositiveInt('--experts', opts.experts) : undefined;
+  const expertBytes = parseExpertBytes(opts.expertBytes);
+  return { trace: await loadTraceForCli(opts.trace, experts, opts.progress), expertBytes };
 }
 
 /** Loads a trace, with a progress bar on stderr when it is a terminal (or when asked). */
@@ -55,31 +61,22 @@ export async function loadTraceForCli(path: string, experts: number | undefined,
   }
 }
 
-interface ReportOptions {
-  trace: string;
+interface ReportOptions extends TraceInputOptions {
   segments: string;
   cacheSizes?: string;
-  experts?: string;
-  json?: boolean;
   html?: string;
   targetHitRate: string;
-  expertBytes?: string;
-  progress?: boolean;
 }
 
 export function registerReportCommand(program: Command): void {
-  program
+  const cmd = program
     .command('report')
-    .description('Routing report for a trace: SRP/SCH local routing consistency, LRU/LFU/MIN hit rates, a RAM cache recommendation')
-    .requiredOption('--trace <file>', 'routing trace: ours (generate --trace) or the import layout, one {"seq","pos","experts"} per line; .gz or plain')
+    .description('Routing report for a trace: SRP/SCH local routing consistency, LRU/LFU/MIN hit rates, a RAM cache recommendation');
+  addTraceInputOptions(cmd, 'to state cache sizes in bytes')
     .option('--segments <list>', 'segment lengths m for SRP and SCH', '4,16,64')
     .option('--cache-sizes <list>', 'cache sizes C in experts per layer (default k, 2k, 4k, 8k, at most the expert count)')
-    .option('--experts <n>', 'experts per layer (default: the trace header, else the largest id + 1)')
     .option('--target-hit-rate <rate>', 'hit rate (0..1) the recommended cache must reach', '0.9')
-    .option('--expert-bytes <size>', 'bytes of one expert, to state cache sizes in bytes (default: the trace header)')
-    .option('--json', 'print the report as JSON')
     .option('--html <file>', 'also write a self-contained HTML page with plots')
-    .option('--progress', 'show a progress bar while reading even when stderr is not a terminal')
     .addHelpText('after', `
 Examples:
   $ moe-offload generate --model olmoe-1b-7b-q4_k_m.gguf --prompt "Hello" --trace run.trace.jsonl.gz
@@ -87,15 +84,10 @@ Examples:
   $ moe-offload report --trace run.trace.jsonl.gz --segments 8,32 --cache-sizes 8,16,32 --json
   $ moe-offload report --trace routing.jsonl --experts 64 --expert-bytes 3MiB --html report.html`)
     .action(runCommand(async (opts: ReportOptions) => {
-      const segments = parseIntList(opts.segments, '--segments');
-      const cacheSizes = opts.cacheSizes !== undefined ? parseIntList(opts.cacheSizes, '--cache-sizes') : undefined;
-      const experts = opts.experts !== undefined ? parsePositiveInt(opts.experts, '--experts') : undefined;
-      const target = Number(opts.targetHitRate);
-      if (!/^\s*(\d+(\.\d*)?|\.\d+)\s*$/.test(opts.targetHitRate) || !(target > 0 && target <= 1)) {
-        throw new UsageError(`bad --target-hit-rate '${opts.targetHitRate}': must be a number in (0, 1]`, 'give a hit rate such as 0.9');
-      }
-      const expertBytes = parseExpertBytes(opts.expertBytes);
-      const t = await loadTraceForCli(opts.trace, experts, opts.progress);
+      const segments = parseIntList('--segments', opts.segments);
+      const cacheSizes = opts.cacheSizes !== undefined ? parseIntList('--cache-sizes', opts.cacheSizes) : undefined;
+      const target = parseNumber('--target-hit-rate', opts.targetHitRate, { min: 0, max: 1, minExclusive: true, describe: 'above 0 and at most 1, such as 0.9' });
+      const { trace: t, expertBytes } = await loadTraceInput(opts);
       if (cacheSizes) {
         const big = cacheSizes.find((c) => c > t.routing.experts);
         if (big !== undefined) throw new UsageError(`--cache-sizes ${big} is more than the ${t.routing.experts} experts per layer`, `give sizes from 1 to ${t.routing.experts}`);

@@ -4,35 +4,27 @@ import type { Command } from 'commander';
 import { runCommand } from './run-command.js';
 import { UsageError } from '../model/errors.js';
 import { formatBytes } from '../model/bytes.js';
-import { parseSize, SIZE_FORMS } from '../experts/size.js';
+import { SIZE_FORMS } from '../experts/size.js';
 import { CACHE_POLICIES, type CachePolicy } from '../trace/metrics.js';
 import { readTraceBatches, simulateTrace } from '../trace/simulate.js';
 import { tokenCount } from '../trace/routing.js';
-import { loadTraceForCli, parseExpertBytes, parsePositiveInt } from './report.js';
+import { addTraceInputOptions, loadTraceInput, type TraceInputOptions } from './report.js';
+import { checkSizeForm, parsePositiveInt, parseSizeOption } from './option-parsers.js';
 
-interface SimulateOptions {
-  trace: string;
+interface SimulateOptions extends TraceInputOptions {
   ramCache?: string;
   cacheExperts?: string;
   policy: string;
-  experts?: string;
-  expertBytes?: string;
-  json?: boolean;
-  progress?: boolean;
 }
 
 export function registerSimulateCommand(program: Command): void {
-  program
+  const cmd = program
     .command('simulate')
-    .description('Replay a routing trace against a RAM cache: hit rate and bytes read')
-    .requiredOption('--trace <file>', 'routing trace: ours (generate --trace) or the import layout; .gz or plain')
+    .description('Replay a routing trace against a RAM cache: hit rate and bytes read');
+  addTraceInputOptions(cmd, 'needed for --ram-cache')
     .option('--ram-cache <size>', `RAM cache size, as for generate: ${SIZE_FORMS}`)
     .option('--cache-experts <n>', 'RAM cache size in experts per layer (the cache holds n x layers experts) instead of bytes')
     .option('--policy <policy>', 'replacement policy: lru (the live cache), lfu, or belady (offline optimum)', 'lru')
-    .option('--experts <n>', 'experts per layer (default: the trace header, else the largest id + 1)')
-    .option('--expert-bytes <size>', 'bytes of one expert (default: the trace header); needed for --ram-cache')
-    .option('--json', 'print the result as JSON')
-    .option('--progress', 'show a progress bar while reading even when stderr is not a terminal')
     .addHelpText('after', `
 Examples:
   $ moe-offload simulate --trace run.trace.jsonl.gz --ram-cache 4GiB
@@ -44,10 +36,9 @@ Examples:
       if ((opts.ramCache === undefined) === (opts.cacheExperts === undefined)) {
         throw new UsageError('give exactly one of --ram-cache SIZE and --cache-experts N', 'e.g. --ram-cache 4GiB, --ram-cache 25% or --cache-experts 16');
       }
-      const perLayer = opts.cacheExperts !== undefined ? parsePositiveInt(opts.cacheExperts, '--cache-experts') : undefined;
-      const experts = opts.experts !== undefined ? parsePositiveInt(opts.experts, '--experts') : undefined;
-      const givenBytes = parseExpertBytes(opts.expertBytes);
-      const t = await loadTraceForCli(opts.trace, experts, opts.progress);
+      const perLayer = opts.cacheExperts !== undefined ? parsePositiveInt('--cache-experts', opts.cacheExperts) : undefined;
+      if (opts.ramCache !== undefined) checkSizeForm('--ram-cache', opts.ramCache);
+      const { trace: t, expertBytes: givenBytes } = await loadTraceInput(opts);
       const r = t.routing;
       const expertBytes = givenBytes ?? t.header?.expert_bytes ?? null;
       // What one expert takes in the live cache (matrices padded to 64 bytes): the header's slot_bytes,
@@ -62,7 +53,7 @@ Examples:
         }
         // As the live run (experts/offload.ts resolveRamCache): percent of all experts' slots, at most all.
         const all = r.layers * r.experts * slotBytes;
-        budgetBytes = Math.min(parseSize(opts.ramCache!, { totalBytes: all, what: '--ram-cache' }), all);
+        budgetBytes = Math.min(parseSizeOption('--ram-cache', opts.ramCache!, all), all);
         capacity = Math.floor(budgetBytes / slotBytes);
         if (capacity < 1) throw new UsageError(`--ram-cache ${opts.ramCache} holds no expert (${formatBytes(slotBytes)} each)`, 'give a larger size');
       }
