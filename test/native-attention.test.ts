@@ -1,12 +1,14 @@
 // The native causal attention and SwiGLU (native/src/attention.cc) against their plain TypeScript
 // references (causalAttentionReference, silu), on both kernel paths, plus argument checking; attention
-// split over threads (bit-identical for any count); the MoE combine (native/src/moe-combine.cc) against
+// split over threads (bit-identical for any count); f16 K/V (the f16 KV cache) against the reference and
+// against f32 attention on the same (widened) values, and storeF16 against f32ToF16; the MoE combine (native/src/moe-combine.cc) against
 // moeCombineReference bit for bit.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { causalAttention, causalAttentionReference, type AttentionShape } from '../src/engine/attention.js';
 import { silu } from '../src/experts/ffn.js';
-import { native, setKernelPath, swiglu, cpuFeatures, sumBytes, parkThreads, moeCombine } from '../src/native/index.js';
+import { native, setKernelPath, swiglu, cpuFeatures, sumBytes, parkThreads, moeCombine, storeF16 } from '../src/native/index.js';
+import { f16ToF32, f32ToF16 } from '../src/model/quant/f16.js';
 import { moeCombineReference } from '../src/engine/moe-layer.js';
 import { mulberry32 } from '../src/engine/prng.js';
 
@@ -109,6 +111,109 @@ test('native causal attention honours typed-array offsets and shared memory, and
   });
 });
 
+/** `x` rounded to f16 by the TypeScript converter (independent of the native storeF16), as bits. */
+function toF16Bits(x: Float32Array): Uint16Array {
+  return Uint16Array.from(x, (v) => f32ToF16(v));
+}
+
+/** f16 bits widened to f32. */
+function widen(h: Uint16Array): Float32Array {
+  return Float32Array.from(h, (b) => f16ToF32(b));
+}
+
+// Some K/V bit patterns the f16 decode must get right: zeros, subnormals (smallest, largest, negative),
+// the smallest normal, 65504 (the largest finite), 1 and -2.
+const F16_SPECIALS = [0x0000, 0x8000, 0x0001, 0x03ff, 0x8001, 0x83ff, 0x0400, 0x7bff, 0xfbff, 0x3c00, 0xc000];
+
+function randomF16(count: number, seed: number): Uint16Array {
+  const h = toF16Bits(randomFloats(count, seed));
+  F16_SPECIALS.forEach((b, i) => { if (i * 37 < count) h[i * 37] = b; });
+  return h;
+}
+
+test('native causal attention over f16 K/V matches the reference and equals f32 attention on the widened values bit for bit', () => {
+  let seed = 3000;
+  for (const { name, shape } of shapes) {
+    for (const [start, nTokens] of [[0, 1], [0, 37], [5, 1], [23, 37], [150, 1]] as const) {
+      const { nHead, nHeadKv, headDim } = shape;
+      const positions = start + nTokens;
+      const q = randomFloats(nTokens * nHead * headDim, seed++, 4);
+      const keys = randomF16(positions * nHeadKv * headDim, seed++);
+      // values carry the specials (65504 included); keys only small ones, so that no softmax is all one-hot
+      const values = randomF16(positions * nHeadKv * headDim, seed++);
+      for (let i = 0; i < keys.length; i++) if (Math.abs(f16ToF32(keys[i]!)) > 2) keys[i] = 0x3800; // 0.5
+      const expected = causalAttentionReference(q, keys, values, start, nTokens, shape, new Float32Array(q.length));
+      const wk = widen(keys), wv = widen(values);
+      eachPath(() => {
+        const out = causalAttention(q, keys, values, start, nTokens, shape, new Float32Array(q.length));
+        assertAttentionClose(out, expected, `f16 ${name} start ${start} n ${nTokens}`);
+        const f32 = causalAttention(q, wk, wv, start, nTokens, shape, new Float32Array(q.length));
+        assert.deepEqual(new Uint32Array(out.buffer), new Uint32Array(f32.buffer), `f16 vs f32 on the same values, ${name} start ${start} n ${nTokens}`);
+      });
+    }
+  }
+});
+
+test('the reference reads f16 K/V as their f32 values', () => {
+  const shape = { nHead: 2, nHeadKv: 1, headDim: 8 };
+  const q = randomFloats(2 * 16, 3100, 3);
+  const keys = randomF16(3 * 8, 3101), values = randomF16(3 * 8, 3102);
+  const a = causalAttentionReference(q, keys, values, 1, 2, shape, new Float32Array(32));
+  const b = causalAttentionReference(q, widen(keys), widen(values), 1, 2, shape, new Float32Array(32));
+  assert.deepEqual(a, b);
+});
+
+test('native causal attention over f16 K/V gives the same bits for 1..4 threads, hot and cold', () => {
+  const cases = [
+    { shape: { nHead: 16, nHeadKv: 16, headDim: 128 }, start: 199, nTokens: 1 },
+    { shape: { nHead: 8, nHeadKv: 2, headDim: 128 }, start: 300, nTokens: 1 },   // GQA group 4
+    { shape: { nHead: 6, nHeadKv: 3, headDim: 72 }, start: 40, nTokens: 37 },    // a prefill batch, odd dims
+  ];
+  const streamed = new Uint8Array(64 << 20).fill(1);
+  let seed = 3200;
+  for (const { shape, start, nTokens } of cases) {
+    const positions = start + nTokens;
+    const q = randomFloats(nTokens * shape.nHead * shape.headDim, seed++, 4);
+    const keys = toF16Bits(randomFloats(positions * shape.nHeadKv * shape.headDim, seed++));
+    const values = toF16Bits(randomFloats(positions * shape.nHeadKv * shape.headDim, seed++));
+    const expected = causalAttentionReference(q, keys, values, start, nTokens, shape, new Float32Array(q.length));
+    eachPath(() => {
+      const one = causalAttention(q, keys, values, start, nTokens, shape, new Float32Array(q.length), 1);
+      assertAttentionClose(one, expected, `f16 1 thread ${shape.nHead}x${shape.headDim}`);
+      for (const threads of [2, 3, 4]) {
+        for (const mode of ['hot', 'cold']) {
+          if (mode === 'cold') sumBytes(streamed);
+          const out = causalAttention(q, keys, values, start, nTokens, shape, new Float32Array(q.length), threads);
+          assert.deepEqual(new Uint32Array(out.buffer), new Uint32Array(one.buffer),
+            `f16: ${threads} threads (${mode}) differ from 1 thread, ${shape.nHead}x${shape.headDim} at ${start}+${nTokens}`);
+        }
+      }
+    });
+  }
+});
+
+test('native storeF16 rounds like f32ToF16, bit for bit (specials, ties, subnormals, overflow), at an offset, on any length', () => {
+  const specials = [0, -0, 1 / 3, -1 / 3, 0.1, 65504, 65519, 65520, -65520, 1e6, Infinity, -Infinity,
+    2 ** -24, 2 ** -25, 3 * 2 ** -25, 2 ** -26, 2 ** -14, 2 ** -14 - 2 ** -24, 1 + 2 ** -11, 1 + 3 * 2 ** -11,
+    -(1 + 2 ** -11), 1e-10, 3.4e38, 1.5e-45];
+  const random = randomFloats(1000, 3300, 100);
+  const tiny = randomFloats(100, 3301, 1e-4);  // half subnormals and small normals
+  const src = new Float32Array([...specials, ...random, ...tiny]);
+  const expected = Uint16Array.from(src, (v) => f32ToF16(v));
+  eachPath(() => {
+    for (const n of [0, 1, 7, 8, 9, src.length]) {
+      const dst = new Uint16Array(n + 10).fill(0xabcd);
+      storeF16(src, dst, 3, n);
+      assert.deepEqual(dst.subarray(3, 3 + n), expected.subarray(0, n), `n ${n}`);
+      for (const i of [0, 1, 2, n + 3, n + 9]) assert.equal(dst[i], 0xabcd, `dst[${i}] outside [3, ${3 + n}) was written`);
+    }
+  });
+  // NaN stays NaN
+  const nan = new Uint16Array(1);
+  storeF16(new Float32Array([NaN]), nan, 0, 1);
+  assert.ok(Number.isNaN(f16ToF32(nan[0]!)));
+});
+
 // SwiGLU tolerance: the AVX2 path works in f32 (an exp within ~2 ulp, then 1 + t, a division and two
 // products, each one rounding) so it may be a few f32 ulp (2^-23 ~ 1.2e-7 each) from the f64 formula:
 // 1e-6 relative allows ~8. It flushes exp(-|z|) below ~1e-38 to 0, so for z < -87 the result is 0 where
@@ -180,6 +285,23 @@ test('native causalAttention and swiglu reject bad arguments with TypeError/Rang
   assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 0, 2, 8, f(64)), { name: 'RangeError', message: /nHead must/ });
   assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, 0, f(64)), { name: 'RangeError', message: /headDim/ });
   assert.throws(() => a.causalAttention(f(64), f(48), f(48), 1, 2, 4, 2, '8' as unknown as number, f(64)), { name: 'RangeError', message: /headDim/ });
+  // f16 K/V: both Uint16Array, sizes in values
+  const h = (n: number) => new Uint16Array(n);
+  a.causalAttention(f(64), h(48), h(48), 1, 2, 4, 2, 8, f(64));
+  assert.throws(() => a.causalAttention(f(64), h(48), f(48), 1, 2, 4, 2, 8, f(64)), { name: 'TypeError', message: /values must be a Float32Array, or a Uint16Array/ });
+  assert.throws(() => a.causalAttention(f(64), f(48), h(48), 1, 2, 4, 2, 8, f(64)), { name: 'TypeError', message: /values must be/ });
+  assert.throws(() => a.causalAttention(f(64), new Int16Array(48) as unknown as Uint16Array, h(48), 1, 2, 4, 2, 8, f(64)), { name: 'TypeError', message: /keys must be/ });
+  assert.throws(() => a.causalAttention(f(64), h(47), h(48), 1, 2, 4, 2, 8, f(64)), { name: 'RangeError', message: /keys has 47 values, need 48/ });
+  assert.throws(() => a.causalAttention(f(64), h(48), h(24), 1, 2, 4, 2, 8, f(64)), { name: 'RangeError', message: /values has 24 values/ });
+
+  a.storeF16(f(4), h(4), 0, 4);
+  assert.throws(() => (a.storeF16 as (...x: unknown[]) => void)(f(4), h(4)), TypeError);
+  assert.throws(() => a.storeF16(h(4) as unknown as Float32Array, h(4), 0, 4), { name: 'TypeError', message: /src must be a Float32Array/ });
+  assert.throws(() => a.storeF16(f(4), f(4) as unknown as Uint16Array, 0, 4), { name: 'TypeError', message: /dst must be a Uint16Array/ });
+  assert.throws(() => a.storeF16(f(3), h(4), 0, 4), { name: 'RangeError', message: /src has 3 values, need 4/ });
+  assert.throws(() => a.storeF16(f(4), h(5), 2, 4), { name: 'RangeError', message: /dst has 5 values, need 6/ });
+  assert.throws(() => a.storeF16(f(4), h(4), -1, 4), { name: 'RangeError', message: /at must be/ });
+  assert.throws(() => a.storeF16(f(4), h(4), 0, 1.5), { name: 'RangeError', message: /n must be/ });
 
   a.swiglu(f(4), f(4), 4);
   assert.throws(() => (a.swiglu as (...x: unknown[]) => void)(f(4), f(4)), TypeError);
