@@ -710,7 +710,7 @@ export function offloadTable(r: OffloadBenchResult): string {
     `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] one thread alone (gate+up+down matmuls, 1 token, experts from RAM)`,
     `                  ${f(r.expertFfnAllThreadsGbps.median)} GB/s [${f(r.expertFfnAllThreadsGbps.min)}..${f(r.expertFfnAllThreadsGbps.max)}] ${r.threads} threads at once, together (${f(r.expertFfnAllThreadsGbps.median / r.expertFfnGbps.median)}x one thread: they share the memory bus)`,
     `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output)`,
-    'bound = max(read MB/token / row read GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
+    'bound = max(read MB/token / the row\'s bound GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
     'row GB/s = the decode\'s read path (O_DIRECT or buffered, as the row) probed right before / during / right after that row: during = slices of',
     `k experts read after every ${r.probeSliceEveryTokens} timed tokens, outside the token timing (harmonic mean); bound GB/s = all their bytes / all their time, the read bound's rate`,
     r.pageCacheDrop.startsWith('dropped')
