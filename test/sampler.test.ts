@@ -104,3 +104,103 @@ test('Prng: uniform in [0, 1), roughly mean 1/2', () => {
   }
   assert.ok(Math.abs(sum / 10000 - 0.5) < 0.02);
 });
+
+/**
+ * The chain written out the plain way, as a reference: sort every token (most probable first, ties by
+ * lower id), top-k, top-p on the softmax, min-p on the renormalised survivors, then one uniform draw
+ * walked down the sorted survivors' tempered weights. One PRNG number per draw, none when greedy.
+ */
+const sortedIds = new WeakMap<ArrayLike<number>, number[]>(); // the test reuses each vector: sort it once
+class ReferenceSampler {
+  private readonly rng: Prng;
+  constructor(private readonly o: SamplerOptions & { seed: number }) {
+    this.rng = new Prng(o.seed);
+  }
+
+  sample(logits: ArrayLike<number>): number {
+    const { temperature, topK, topP, minP } = this.o;
+    const n = logits.length;
+    let order = sortedIds.get(logits);
+    if (!order) {
+      order = Array.from({ length: n }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
+      sortedIds.set(logits, order);
+    }
+    if (temperature <= 0) return order[0]!;
+    let ids = topK > 0 ? order.slice(0, topK) : order;
+    const max = logits[ids[0]!]!;
+    const softmax = (sel: number[]) => {
+      const e = sel.map((id) => Math.exp(logits[id]! - max));
+      const s = e.reduce((a, b) => a + b, 0);
+      return e.map((v) => v / s);
+    };
+    if (topP < 1) {
+      const p = softmax(ids);
+      let mass = 0;
+      let keep = 0;
+      while (keep < ids.length && mass < topP) mass += p[keep++]!;
+      ids = ids.slice(0, Math.max(keep, 1));
+    }
+    if (minP > 0) {
+      const p = softmax(ids);
+      ids = ids.filter((_, i) => p[i]! >= minP * p[0]!);
+    }
+    const w = ids.map((id) => Math.exp((logits[id]! - max) / temperature));
+    let u = this.rng.next() * w.reduce((a, b) => a + b, 0);
+    for (let i = 0; i < ids.length; i++) {
+      u -= w[i]!;
+      if (u < 0) return ids[i]!;
+    }
+    return ids[ids.length - 1]!;
+  }
+}
+
+test('every filter combination draws the same tokens as the plain sorted reference, seed for seed', () => {
+  let x = 2024;
+  const rnd = () => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  // Logit vectors of many sizes: smooth, peaked (one or a few dominant tokens), with many ties
+  // (values on a coarse grid), and with masked (-Infinity) tokens.
+  const vectors: Float32Array[] = [];
+  for (let v = 0; v < 24; v++) {
+    const n = 1 + Math.floor(rnd() * (v % 4 === 0 ? 3000 : 400));
+    const kind = v % 4;
+    vectors.push(Float32Array.from({ length: n }, () => {
+      const g = (rnd() + rnd() + rnd() - 1.5) * 4;
+      if (kind === 1) return rnd() < 0.01 ? g + 12 : g;
+      if (kind === 2) return Math.round(g * 2) / 2;
+      if (kind === 3 && rnd() < 0.3) return -Infinity;
+      return g;
+    }));
+  }
+  vectors.push(Float32Array.from({ length: 40000 }, () => (rnd() - 0.5) * 20));
+  let draws = 0;
+  for (const topK of [0, 1, 40]) {
+    for (const topP of [1, 0.9]) {
+      for (const minP of [0, 0.05]) {
+        for (const temperature of [0, 0.7, 1]) {
+          vectors.forEach((l, v) => {
+            const opts = { temperature, topK, topP, minP, seed: 1000 * v + topK };
+            const s = new Sampler(opts);
+            const ref = new ReferenceSampler(opts);
+            for (let d = 0; d < (l.length > 10000 ? 3 : 8); d++) {
+              assert.equal(s.sample(l), ref.sample(l), `vector ${v} (n ${l.length}), ${JSON.stringify(opts)}, draw ${d}`);
+              draws++;
+            }
+          });
+        }
+      }
+    }
+  }
+  assert.ok(draws > 5000);
+});
+
+test('a row inside a larger buffer samples as the row alone', () => {
+  const row = Float32Array.from({ length: 500 }, (_, i) => Math.sin(i * 1.7) * 3);
+  const buf = new Float32Array(1500).fill(50);
+  buf.set(row, 500);
+  for (const topK of [0, 40]) {
+    const opts = { temperature: 1, topK, topP: 0.9, minP: 0.05, seed: 3 };
+    const a = new Sampler(opts);
+    const b = new Sampler(opts);
+    for (let d = 0; d < 20; d++) assert.equal(a.sample(buf, 500, 500), b.sample(row));
+  }
+});
