@@ -11,7 +11,8 @@
         "src/io.cc",
         "src/thread-pool.cc",
         "src/attention.cc",
-        "src/moe-combine.cc"
+        "src/moe-combine.cc",
+        "src/expert-batch.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

@@ -3,7 +3,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { ExpertPool, type MatrixInSlab } from '../src/experts/pool.js';
-import { SharedClaims } from '../src/experts/worker.js';
+import { computeBatch } from '../src/experts/worker.js';
+import { threadLending } from '../src/native/index.js';
 import { expertFfnBytes, type MatrixBytes } from '../src/experts/ffn.js';
 import { GGMLType } from '../src/model/ggml-types.js';
 import { quantize, dequantizeRows } from '../src/model/quant/index.js';
@@ -131,52 +132,82 @@ for (const kind of ['exit', 'throw'] as const) {
   });
 }
 
-/** A shared batch of `n` Q4_0 experts over 3 tokens, and each expert's main-thread result. */
-function sharedBatch(n: number, seed: number) {
+/** A batch of `n` Q4_0 experts over 3 tokens (each expert's rows in another order), and each expert's main-thread result. */
+function expertsBatch(n: number, seed: number) {
   const experts = Array.from({ length: n }, (_, i) => makeExpert(GGMLType.Q4_0, seed + i));
   const x = sharedX(3, seed);
+  const order = (i: number) => (i % 2 === 0 ? [0, 1, 2] : [2, 0, 1]);
   const task = {
     slabs: experts.map((e) => e.slab),
     experts: experts.map((e, i) => ({ slab: i, gate: e.gate, up: e.up, down: e.down, rowStart: 3 * i, nTokens: 3 })),
-    x, rows: Int32Array.from({ length: 3 * n }, (_, j) => j % 3),
+    x, rows: Int32Array.from(experts.flatMap((_, i) => order(i))),
     out: new Float32Array(new SharedArrayBuffer(3 * n * N_EMBD * 4)),
-    claims: SharedClaims.create(n),
   };
-  const want = experts.map((e) => expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 3, 1));
+  const want = experts.map((e, i) => {
+    const y = expertFfnBytes(e.bytesOf(e.gate), e.bytesOf(e.up), e.bytesOf(e.down), x, 3, 1);
+    return Float32Array.from(order(i).flatMap((r) => [...y.subarray(r * N_EMBD, (r + 1) * N_EMBD)]));
+  });
   const check = () => want.forEach((w, i) => assert.deepEqual(task.out.subarray(3 * i * N_EMBD, 3 * (i + 1) * N_EMBD), w, `expert ${i}`));
   return { task, check };
 }
 
-test('a shared batch no other thread claims is computed whole by the serving worker, which replies', async () => {
-  const { task, check } = sharedBatch(5, 400);
-  const { computeMs } = await pool.runShared(task, 'shared');
-  assert.equal(SharedClaims.done(task.claims), 5);
-  assert.ok(computeMs > 0);
-  check();
-  // and again: the serving worker stays up between batches
-  const second = sharedBatch(3, 500);
-  await pool.runShared(second.task, 'shared again');
-  second.check();
+/** Waits until the pool's serving workers are lent (their loop has entered the native pool). */
+async function lentReady(p: ExpertPool, onFailure: (err: unknown) => void = () => {}): Promise<void> {
+  p.lendWorkers(onFailure);
+  for (let i = 0; i < 200 && threadLending.lentNow() < p.servingWorkers; i++) await new Promise((r) => setTimeout(r, 5));
+}
+
+test('a batch computed on this thread with the pool\'s lent worker gives the same bits as one thread, and the worker took part', async () => {
+  const one = expertsBatch(6, 400);
+  computeBatch(one.task, 1);
+  one.check();
+  await lentReady(pool);
+  assert.equal(threadLending.lentNow(), 1, 'the serving worker is lent to the native pool');
+  // Many batches: the lent worker, spinning for jobs, takes experts of some of them.
+  const before = threadLending.helperChunks();
+  for (let k = 0; k < 200 && threadLending.helperChunks() === before; k++) {
+    const b = expertsBatch(6, 500 + 10 * k);
+    computeBatch(b.task, 2);
+    b.check();
+  }
+  assert.ok(threadLending.helperChunks() > before, 'the lent worker computed some experts');
+  pool.parkServingWhenIdle(0);
+  for (let i = 0; i < 200 && threadLending.lentNow() > 0; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(threadLending.lentNow(), 0, 'released');
 });
 
 for (const kind of ['exit', 'throw'] as const) {
-  test(`a serving worker that fails (${kind}) is replaced; what it had not computed is retried once, then a clear error`, async () => {
-    const one = sharedBatch(4, 600);
-    const before = pool.retries;
-    pool.injectFaults(1, kind);
-    await pool.runShared(one.task, 'layer 1 experts');
-    assert.equal(pool.retries, before + 1);
-    one.check(); // the failed worker claimed nothing; the retry computed all four
-    const two = sharedBatch(2, 700);
-    pool.injectFaults(2, kind);
-    await assert.rejects(pool.runShared(two.task, 'layer 2 experts'), (err: Error) => {
-      assert.ok(err instanceof MoeOffloadError);
-      assert.match(err.message, /failed twice computing layer 2 experts/);
-      return true;
-    });
-    const three = sharedBatch(2, 800);
-    await pool.runShared(three.task, 'after');
-    three.check();
+  test(`a serving worker that fails (${kind}) when lent is replaced and lent again once, then a clear error; batches stay right`, async () => {
+    const p = new ExpertPool({ threads: 2 });
+    try {
+      const failures: unknown[] = [];
+      p.injectFaults(1, kind);
+      await lentReady(p, (err) => failures.push(err));
+      for (let i = 0; i < 200 && p.retries < 1; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(p.retries, 1);
+      for (let i = 0; i < 200 && threadLending.lentNow() < 1; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(threadLending.lentNow(), 1, 'the replacement is lent');
+      const b = expertsBatch(4, 600);
+      computeBatch(b.task, 2);
+      b.check();
+      assert.equal(failures.length, 0);
+      p.parkServingWhenIdle(0);
+      for (let i = 0; i < 200 && threadLending.lentNow() > 0; i++) await new Promise((r) => setTimeout(r, 5));
+
+      p.injectFaults(2, kind);
+      p.lendWorkers((err) => failures.push(err));
+      for (let i = 0; i < 400 && failures.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(failures.length, 1);
+      assert.ok(failures[0] instanceof MoeOffloadError);
+      assert.match((failures[0] as Error).message, /failed twice computing the layers' experts/);
+      assert.match((failures[0] as Error).message, kind === 'exit' ? /exited/ : /injected worker fault/);
+      // Nothing is lost meanwhile: with no helper, this thread computes every expert.
+      const c = expertsBatch(3, 700);
+      computeBatch(c.task, 2);
+      c.check();
+    } finally {
+      await p.close();
+    }
   });
 }
 

@@ -9,6 +9,7 @@
 
 #include "attention.h"
 #include "kernels.h"
+#include "matmul.h"
 #include "napi-args.h"
 #include "quantize-act.h"
 #include "thread-pool.h"
@@ -19,6 +20,8 @@ namespace moe {
 void RegisterIo(Napi::Env env, Napi::Object exports);
 // moe-combine.cc: moeCombine (the MoE layer's weighted sum of expert outputs).
 void RegisterMoeCombine(Napi::Env env, Napi::Object exports, bool (*useAvx2)());
+// expert-batch.cc: expertBatch (experts' FFNs on the pool), and the pool's serving-thread entry points.
+void RegisterExpertBatch(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -61,6 +64,22 @@ void runRows(RowsKernel kernel, const Job& job, int threads) {
   poolRun(threads, (job.rows + chunkRows - 1) / chunkRows, runRowsChunk, (void*)&task);
 }
 
+}  // namespace
+
+void matmulInto(int type, const uint8_t* w, int rows, int cols, const float* x, int nTokens, float* out, int threads) {
+  TypeGeometry g;
+  typeGeometry(type, &g);
+  const size_t rowBytes = (size_t)(cols / g.blockSize) * g.typeSize;
+  RowsKernel kernel = useAvx512() ? avx512Kernel(type) : nullptr;
+  if (!kernel && useAvx2()) kernel = avx2Kernel(type);
+  if (!kernel) kernel = portableKernel(type);
+  ActBuffers act(g.act, x, nTokens, cols);
+  const Job job{w, rowBytes, rows, &act.view(), out};
+  runRows(kernel, job, threads);
+}
+
+namespace {
+
 // matmul(type, w: Uint8Array, rows, cols, x: Float32Array, nTokens, out: Float32Array, threads)
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -99,12 +118,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     return throwRange(env, "matmul: out has " + std::to_string(outLen) + " values, need " +
                                std::to_string(rows) + " x " + std::to_string(nTokens) + " tokens");
   }
-  RowsKernel kernel = useAvx512() ? avx512Kernel((int)type) : nullptr;
-  if (!kernel && useAvx2()) kernel = avx2Kernel((int)type);
-  if (!kernel) kernel = portableKernel((int)type);
-  ActBuffers act(g.act, x, (int)nTokens, (int)cols);
-  const Job job{w, rowBytes, (int)rows, &act.view(), out};
-  runRows(kernel, job, (int)threads);
+  matmulInto((int)type, w, (int)rows, (int)cols, x, (int)nTokens, out, (int)threads);
   return env.Undefined();
 }
 
@@ -162,6 +176,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterIo(env, exports);
   RegisterAttention(env, exports, useAvx2);
   RegisterMoeCombine(env, exports, useAvx2);
+  RegisterExpertBatch(env, exports);
   return exports;
 }
 

@@ -1,6 +1,9 @@
 // Helper threads wait for a job by spinning a short while (a decode step issues dense products back to
 // back, tens of microseconds apart, and waking a sleeping thread costs about as much), then sleep on a
 // condition variable. Jobs are published through one 64-bit word: (job sequence << 32) | next chunk.
+// Helpers are the pool's own threads, or threads that lend themselves with poolServe (the expert pool's
+// workers): while any lent thread serves, the pool's own threads stay asleep, so the cores are not
+// shared by two sets of spinning helpers.
 #include "thread-pool.h"
 
 #include <algorithm>
@@ -44,15 +47,22 @@ struct Pool {
   std::atomic<void*> ctx{nullptr};
   std::atomic<int> nChunks{0};
   std::atomic<int> helpersWanted{0};
+  // (job sequence << 32) | helpers that joined the job (at most helpersWanted take part).
+  std::atomic<uint64_t> joined{0};
   // (job sequence << 32) | next unclaimed chunk. Chunks are claimed by compare-and-swap that keeps the
   // sequence, so a helper still holding an older job's fields can never take a chunk of a newer job.
   std::atomic<uint64_t> claim{CLOSED};
   std::atomic<int> done{0};  // chunks of the current job finished by helpers
 
   std::atomic<uint32_t> parkSeq{0};
-  std::atomic<int> sleepers{0};
   std::mutex sleepMutex;
+  std::atomic<int> sleepers{0};        // own threads asleep on `wake`
   std::condition_variable wake;
+  std::atomic<int> servers{0};         // lent threads (poolServe) now serving
+  std::atomic<int> serverSleepers{0};  // lent threads asleep on `serverWake`
+  std::condition_variable serverWake;
+  std::atomic<uint32_t> serveGen{0};   // poolReleaseServers() bumps it: lent threads of older generations return
+  std::atomic<uint64_t> lentChunks{0}; // chunks run by lent threads (tests check that they take part)
 };
 
 Pool& pool() {
@@ -75,6 +85,17 @@ int claimChunk(Pool& p, uint32_t seq, int nChunks) {
   }
 }
 
+// Takes one of job `seq`'s helper places; false when the job wants no more helpers or is over.
+bool join(Pool& p, uint32_t seq) {
+  // A later job's value here goes with a later sequence in `joined`, which fails the check below.
+  const uint32_t wanted = (uint32_t)p.helpersWanted.load(std::memory_order_acquire);
+  uint64_t v = p.joined.load(std::memory_order_acquire);
+  for (;;) {
+    if (seqOf(v) != seq || chunkOf(v) >= wanted) return false;
+    if (p.joined.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+  }
+}
+
 // Runs chunks of job `seq` until none is left; returns how many it ran.
 int workOn(Pool& p, uint32_t seq) {
   // If these loads see a later job's fields, that job was published after `seq` ended, so every claim
@@ -87,10 +108,17 @@ int workOn(Pool& p, uint32_t seq) {
   return ran;
 }
 
-// Waits for a job newer than lastSeq: spins up to SPIN_TIME (less if parked), then sleeps.
-uint64_t waitForJob(Pool& p, uint32_t lastSeq, uint32_t* lastPark) {
+// Waits for a job newer than lastSeq: spins up to SPIN_TIME (less if parked), then sleeps. An own
+// thread (gen == nullptr) does not spin while lent threads serve, and sleeps until a job comes when none
+// does. A lent thread also returns, with *released set, once serveGen moves past *gen.
+uint64_t waitForJob(Pool& p, uint32_t lastSeq, uint32_t* lastPark, const uint32_t* gen, bool* released) {
+  const bool lent = gen != nullptr;
+  auto releasedNow = [&] { return lent && p.serveGen.load(std::memory_order_acquire) != *gen; };
+  auto stayOut = [&] { return !lent && p.servers.load(std::memory_order_acquire) > 0; };
   const auto deadline = std::chrono::steady_clock::now() + SPIN_TIME;
   for (unsigned i = 1;; i++) {
+    if (releasedNow()) return *released = true, 0;
+    if (stayOut()) break;
     const uint64_t v = p.claim.load(std::memory_order_acquire);
     if (isNewJob(v, lastSeq)) return v;
     if (p.parkSeq.load(std::memory_order_relaxed) != *lastPark) break;
@@ -101,20 +129,29 @@ uint64_t waitForJob(Pool& p, uint32_t lastSeq, uint32_t* lastPark) {
     cpuRelax();
   }
   std::unique_lock<std::mutex> lock(p.sleepMutex);
-  // seq_cst pairs with poolRun's store of the job then load of sleepers: one side sees the other.
-  p.sleepers.fetch_add(1, std::memory_order_seq_cst);
-  uint64_t v;
-  while (!isNewJob(v = p.claim.load(std::memory_order_seq_cst), lastSeq)) p.wake.wait(lock);
-  p.sleepers.fetch_sub(1, std::memory_order_relaxed);
+  // seq_cst pairs with poolRun's store of the job then load of the sleeper counts: one side sees the other.
+  std::atomic<int>& sleepers = lent ? p.serverSleepers : p.sleepers;
+  std::condition_variable& cv = lent ? p.serverWake : p.wake;
+  sleepers.fetch_add(1, std::memory_order_seq_cst);
+  uint64_t v = 0;
+  for (;;) {
+    if (releasedNow()) break;
+    v = p.claim.load(std::memory_order_seq_cst);
+    if (isNewJob(v, lastSeq) && !stayOut()) break;
+    cv.wait(lock);
+  }
+  sleepers.fetch_sub(1, std::memory_order_relaxed);
   *lastPark = p.parkSeq.load(std::memory_order_relaxed);
+  if (releasedNow()) return *released = true, 0;
   return v;
 }
 
-void helperMain(Pool* p, int index, uint32_t lastSeq) {
+void helperMain(Pool* p, uint32_t lastSeq) {
   uint32_t lastPark = p->parkSeq.load(std::memory_order_relaxed);
+  bool released = false;
   for (;;) {
-    lastSeq = seqOf(waitForJob(*p, lastSeq, &lastPark));
-    if (index >= p->helpersWanted.load(std::memory_order_acquire)) continue;
+    lastSeq = seqOf(waitForJob(*p, lastSeq, &lastPark, nullptr, &released));
+    if (p->servers.load(std::memory_order_acquire) > 0 || !join(*p, lastSeq)) continue;
     const int ran = workOn(*p, lastSeq);
     if (ran > 0) p->done.fetch_add(ran, std::memory_order_release);
   }
@@ -124,7 +161,7 @@ void helperMain(Pool* p, int index, uint32_t lastSeq) {
 int growTo(Pool& p, int want) {
   while (p.nHelpers < want) {
     try {
-      std::thread(helperMain, &p, p.nHelpers, p.seq).detach();
+      std::thread(helperMain, &p, p.seq).detach();
     } catch (...) {
       break;
     }
@@ -144,7 +181,9 @@ void poolRun(int threads, int nChunks, ChunkFn fn, void* ctx) {
   Pool& p = pool();
   std::unique_lock<std::mutex> caller(p.callers, std::try_to_lock);
   if (!caller.owns_lock()) return runAlone(nChunks, fn, ctx);  // another caller has the helpers
-  const int helpers = std::min(growTo(p, std::min({threads - 1, MAX_HELPERS, nChunks - 1})), threads - 1);
+  const int want = std::min({threads - 1, MAX_HELPERS, nChunks - 1});
+  const int servers = p.servers.load(std::memory_order_seq_cst);
+  const int helpers = servers > 0 ? std::min(servers, want) : std::min(growTo(p, want), want);
   if (helpers == 0) return runAlone(nChunks, fn, ctx);
 
   const uint32_t seq = ++p.seq;
@@ -154,10 +193,14 @@ void poolRun(int threads, int nChunks, ChunkFn fn, void* ctx) {
   p.nChunks.store(nChunks, std::memory_order_release);
   p.helpersWanted.store(helpers, std::memory_order_release);
   p.done.store(0, std::memory_order_relaxed);
+  p.joined.store((uint64_t)seq << 32, std::memory_order_release);
   p.claim.store((uint64_t)seq << 32, std::memory_order_seq_cst);
-  if (p.sleepers.load(std::memory_order_seq_cst) > 0) {
+  const bool lentSleep = p.serverSleepers.load(std::memory_order_seq_cst) > 0;
+  const bool ownSleep = p.sleepers.load(std::memory_order_seq_cst) > 0 && p.servers.load(std::memory_order_seq_cst) == 0;
+  if (lentSleep || ownSleep) {
     { std::lock_guard<std::mutex> g(p.sleepMutex); }
-    p.wake.notify_all();
+    if (lentSleep) p.serverWake.notify_all();
+    if (ownSleep) p.wake.notify_all();
   }
 
   const int mine = workOn(p, seq);
@@ -168,5 +211,41 @@ void poolRun(int threads, int nChunks, ChunkFn fn, void* ctx) {
 }
 
 void poolPark() { pool().parkSeq.fetch_add(1, std::memory_order_relaxed); }
+
+int poolLentThreads() { return pool().servers.load(std::memory_order_acquire); }
+uint64_t poolLentChunks() { return pool().lentChunks.load(std::memory_order_relaxed); }
+
+uint32_t poolServeGeneration() { return pool().serveGen.load(std::memory_order_acquire); }
+
+bool poolServe(uint32_t gen) {
+  Pool& p = pool();
+  p.servers.fetch_add(1, std::memory_order_seq_cst);
+  // Jobs published before this thread counted as a server did not count on it: wait for newer ones.
+  uint32_t lastSeq = seqOf(p.claim.load(std::memory_order_acquire));
+  uint32_t lastPark = p.parkSeq.load(std::memory_order_relaxed);
+  bool released = false;
+  bool served = false;
+  while (!released) {
+    const uint64_t v = waitForJob(p, lastSeq, &lastPark, &gen, &released);
+    if (released) break;
+    served = true;
+    lastSeq = seqOf(v);
+    if (!join(p, lastSeq)) continue;
+    const int ran = workOn(p, lastSeq);
+    if (ran > 0) {
+      p.lentChunks.fetch_add((uint64_t)ran, std::memory_order_relaxed);
+      p.done.fetch_add(ran, std::memory_order_release);
+    }
+  }
+  p.servers.fetch_sub(1, std::memory_order_seq_cst);
+  return served;
+}
+
+void poolReleaseServers() {
+  Pool& p = pool();
+  p.serveGen.fetch_add(1, std::memory_order_seq_cst);
+  { std::lock_guard<std::mutex> g(p.sleepMutex); }
+  p.serverWake.notify_all();
+}
 
 }  // namespace moe

@@ -1,6 +1,7 @@
 // A process-wide pool of helper threads for splitting one product over several cores without starting
 // threads on every call (starting them costs about as much as a 2.4 MB product gains from a second core).
 #pragma once
+#include <cstdint>
 
 namespace moe {
 
@@ -13,5 +14,16 @@ void poolRun(int threads, int nChunks, void (*fn)(void* ctx, int chunk), void* c
 
 // Makes helpers that are spinning for the next job go to sleep now (other threads need the cores).
 void poolPark();
+
+// Lends the calling thread to the pool as a helper (the expert pool's workers do this) until
+// poolReleaseServers() is called with the generation still `gen` (read with poolServeGeneration before
+// the thread was asked to serve, so a release that came first is not missed). While any thread is lent,
+// the pool's own helper threads stay asleep. Returns whether any job came while it served.
+uint32_t poolServeGeneration();
+bool poolServe(uint32_t gen);
+void poolReleaseServers();
+// Threads lent now, and chunks lent threads have run since the process started (tests, stats).
+int poolLentThreads();
+uint64_t poolLentChunks();
 
 }  // namespace moe

@@ -6,7 +6,7 @@ import type { Weight } from './weights.js';
 import type { ExpertMatrix } from '../experts/locator.js';
 import type { ExpertRunner } from '../experts/dispatcher.js';
 import { expertFfnBytes as expertFfn } from '../experts/ffn.js';
-import { moeCombine, parkThreads } from '../native/index.js';
+import { moeCombine } from '../native/index.js';
 
 /** down · (silu(gate · x) * (up · x)) for nTokens rows of x: the one definition, which the offloading workers run too. */
 export { expertFfn };
@@ -72,7 +72,6 @@ export async function moeForward(x: Float32Array, nTokens: number, p: MoeLayerPa
   const used = tokensOf.map((users, e) => ({ users, e })).filter(({ users }) => users.length > 0);
   let ys: Float32Array[];
   if (p.runner) {
-    parkThreads();  // the native matmul helpers would otherwise spin on the cores the expert workers need
     const running = p.runner.runExperts(p.layer, x, nEmbd, used.map(({ users, e }) => ({ expert: e, rows: Int32Array.from(users, (u) => u.token) })));
     if (p.prefetch) p.runner.prefetch?.(p.prefetch.layer, p.prefetch.experts);
     ys = await running;

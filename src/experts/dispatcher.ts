@@ -8,7 +8,8 @@ import { accessOrder } from './access-order.js';
 import type { HostCache, HostEntry } from './host-cache.js';
 import type { ExpertLocator, ExpertMatrix } from './locator.js';
 import type { BatchExpert, BatchResult, ExpertBatchTask, ExpertPool, MatrixInSlab } from './pool.js';
-import { computeBatch, SharedClaims } from './worker.js';
+import { computeBatch } from './worker.js';
+import { parkThreads } from '../native/index.js';
 import type { ExpertReader } from './reader.js';
 import type { ExpertStats } from './stats.js';
 
@@ -65,9 +66,6 @@ class StallClock {
   computeStart(): void { this.change(0, 1); }
   computeEnd(): void { this.change(0, -1); }
 }
-
-/** How long the dispatcher's thread blocks waiting for workers to finish a shared batch before it goes back to the event loop. */
-const SHARED_WAIT_MS = 20;
 
 type Batch = { i: number; entry: HostEntry }[];
 
@@ -211,35 +209,30 @@ export class ExpertDispatcher implements ExpertRunner {
       pinned -= batch.length;
     };
 
-    // With more than one compute thread, this thread is one of them: it would only wait otherwise, and
-    // on a machine with as many cores as threads a third thread woken here would take its core anyway.
-    // So the ready experts go out as one shared batch that this thread and the pool's serving workers
-    // (pool.runShared: no piscina task, a futex wake-up) claim expert by expert (SharedClaims): a worker
-    // that wakes late takes fewer, and this thread learns that all are computed from the shared counter
-    // instead of waiting for the workers' reply messages (those are taken in at settle()). With one
-    // thread, the one worker computes everything, one piscina task at a time.
-    const helper = pool.threads > 1 ? 1 : 0;
-    const workers = pool.threads - helper;
+    // With more than one compute thread, this thread computes every ready batch through the native
+    // thread pool, whose helpers are the pool's serving workers lent to it (pool.lendWorkers): they take
+    // experts of the batch as soon as it starts, without a message or a wake-up. With one thread, the
+    // one worker computes each batch as a piscina task while this thread waits for reads and results.
+    const native = pool.threads > 1;
+    if (native) pool.lendWorkers((err) => { this.lateFailure ??= err; });
+    else parkThreads(); // the native matmul helpers would otherwise spin on the core the worker needs
     let layerDone = false;
-    /** Runs the task on a worker; `after` (if given) runs once it has settled, before the next dispatch. */
-    const post = (task: ExpertBatchTask, batch: Batch, after?: () => void): Promise<void> => {
+    /** Runs the task on a worker; `after` runs once it has settled, before the next dispatch. */
+    const post = (task: ExpertBatchTask, batch: Batch, after: () => void): Promise<void> => {
       inFlight++;
       let run: Promise<BatchResult>;
       try {
-        const what = `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`;
-        run = task.claims ? pool.runShared(task, what) : pool.runBatch(task, what);
+        run = pool.runBatch(task, `layer ${layer} ${batch.map(({ i }) => `expert ${jobs[i]!.expert}`).join(', ')}`);
       } catch (err) {
         run = Promise.reject(err);
       }
       const settled = run.then((r) => stats.addCompute(layer, r.computeMs), (err: unknown) => {
-        // A failure after the layer is complete (its experts were computed by other threads) is thrown
-        // by the next runExperts or settle(), so that it is never lost.
         if (layerDone) this.lateFailure ??= err;
         else fail(err);
       }).finally(() => {
         inFlight--;
         this.outstanding.delete(settled);
-        after?.();
+        after();
         if (layerDone) return;
         lookUp();
         dispatch();
@@ -255,44 +248,19 @@ export class ExpertDispatcher implements ExpertRunner {
     };
     const dispatch = (): void => {
       while (failure === undefined && ready.length > 0) {
-        if (helper === 0) {
-          if (inFlight >= workers) return;
-          const batch = ready.splice(0, ready.length);
-          clock.computeStart();
+        if (!native && inFlight > 0) return; // the one worker is busy: what is ready goes out next, together
+        const batch = ready.splice(0, ready.length);
+        clock.computeStart();
+        if (!native) {
           void post(taskOf(batch), batch, () => complete(batch));
           continue;
         }
-        const batch = ready.splice(0, ready.length);
-        const task = taskOf(batch);
-        // A batch of 2+ experts is shared with the serving workers (one still on an older batch joins
-        // late or not at all); a lone expert is computed here.
-        const claims = batch.length > 1 ? SharedClaims.create(batch.length) : undefined;
-        if (claims) task.claims = claims;
-        clock.computeStart();
-        const posted: Promise<void>[] = claims ? [post(task, batch)] : [];
         try {
-          stats.addCompute(layer, computeBatch(task).computeMs);
+          stats.addCompute(layer, computeBatch(taskOf(batch), pool.threads).computeMs);
         } catch (err) {
           fail(err);
         }
-        if (!claims || SharedClaims.waitAll(claims, batch.length, SHARED_WAIT_MS)) {
-          complete(batch);
-        } else {
-          // A worker is slow or died holding claims: once every worker task has settled (a dead one
-          // is retried by the pool), this thread computes what is still missing, then completes.
-          void Promise.all(posted).then(() => {
-            const missing = batch.map((_, j) => j).filter((j) => !SharedClaims.isDone(claims, j));
-            try {
-              if (failure === undefined && missing.length > 0) stats.addCompute(layer, computeBatch(task, missing).computeMs);
-            } catch (err) {
-              fail(err);
-            }
-            complete(batch);
-            lookUp();
-            dispatch();
-            finishIfIdle();
-          });
-        }
+        complete(batch);
         lookUp();
       }
     };

@@ -1,11 +1,15 @@
-// The CPU expert pool: `threads` piscina workers, each computing one task at a time (one expert, or a
-// batch of one layer's experts) from the shared slabs (worker.ts). A task that fails (its worker died, or threw) is retried once on a fresh
-// or another worker; a second failure is a MoeOffloadError. piscina replaces dead workers itself.
+// The CPU expert pool: piscina workers computing experts from the shared slabs (worker.ts). With one
+// thread, one worker computes each layer's batch as a task. With N > 1, the dispatcher's thread computes
+// each batch through the native thread pool and N - 1 serving workers lend their threads to that pool
+// (lendWorkers), so they take their share of every batch without a message per layer. A task that fails
+// (its worker died, or threw) is retried once on a fresh or another worker, a lent worker that fails is
+// replaced and lent again once; a second failure is a MoeOffloadError. piscina replaces dead workers itself.
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { MoeOffloadError } from '../model/errors.js';
-import { SharedClaims, type BatchResult, type ExpertBatchTask, type ExpertResult, type ExpertTask, type ServedBatch, type ServeTask } from './worker.js';
+import { threadLending } from '../native/index.js';
+import type { BatchResult, ExpertBatchTask, ExpertResult, ExpertTask, LendReply, LendRequest, ServeTask } from './worker.js';
 
 export type { BatchExpert, BatchResult, ExpertBatchTask, ExpertResult, ExpertTask, MatrixInSlab } from './worker.js';
 
@@ -21,6 +25,8 @@ export class ExpertPool {
   private readonly piscina: Piscina<ExpertTask | ExpertBatchTask | ServeTask, ExpertResult | BatchResult>;
   private readonly lanes: ServingLane[] = [];
   private parkTimer: NodeJS.Timeout | undefined;
+  /** The thread-lending generation the serving workers are lent under, while they are. */
+  private lentGen: number | undefined;
   private fault: { attempts: number; kind: 'exit' | 'throw' } | undefined;
   private closed = false;
 
@@ -53,51 +59,58 @@ export class ExpertPool {
     return this.submit(task, what) as Promise<BatchResult>;
   }
 
-  /** Workers kept serving shared batches (runShared): threads - 1, the dispatcher's own thread being the other one. */
+  /** Workers that lend their threads to the native pool (lendWorkers): threads - 1, the dispatcher's own thread being the other one. */
   get servingWorkers(): number { return this.threads - 1; }
 
+  /** Whether the serving workers are lent now (between lendWorkers and their release). */
+  get lent(): boolean { return this.lentGen !== undefined; }
+
   /**
-   * Hands a shared batch (task.claims set) to every serving worker, which claim experts from it while the
-   * caller does the same. Resolves when each has replied (computeMs summed), which the caller need not
-   * wait for: the claim counter says when all experts are computed. A serving worker that dies or
-   * throws is replaced; what it had claimed and not computed is computed again by an ordinary task, and
-   * a failure of that too is a MoeOffloadError, as for run().
+   * Lends the serving workers' threads to the native thread pool, unless they are lent already: until
+   * released (parkServingWhenIdle, close), every pool job of this process (expertBatch's experts, the
+   * matmul row chunks, attention heads) gets them as helpers instead of the pool's own threads, so the
+   * experts' batches start at once, without a message or a wake-up per layer. A serving worker that dies
+   * or throws is replaced and lent again once; a second failure is a MoeOffloadError, handed to
+   * `onFailure` (nothing is lost meanwhile: the calling thread computes every chunk no helper took).
    */
-  async runShared(task: ExpertBatchTask, what = 'experts'): Promise<BatchResult> {
-    if (this.closed) throw new MoeOffloadError(`the expert worker pool is closed (computing ${what})`);
-    if (!task.claims) throw new Error('runShared needs a task with claims');
-    const claims = task.claims;
+  lendWorkers(onFailure: (err: unknown) => void): void {
+    if (this.closed || this.lentGen !== undefined || this.servingWorkers === 0) return;
     clearTimeout(this.parkTimer);
+    releaseAtExit();
+    const gen = threadLending.generation();
+    this.lentGen = gen;
     const fault = this.fault;
     this.fault = undefined;
-    const results = await Promise.all(this.serving().map(async (lane, i) => {
-      try {
-        return await lane.run(fault && i === 0 ? { ...task, fault: fault.kind } : task);
-      } catch (first) {
-        if (this.closed) throw first;
+    this.serving().forEach((lane, i) => {
+      const faulty = fault && i === 0;
+      lane.lend(gen, faulty ? fault.kind : undefined).catch((first: unknown) => {
+        if (this.closed || this.lentGen !== gen) return;
         this.retries++;
-        // Runs after this thread's own claiming is over, so what is not computed now never will be.
-        const only = task.experts.map((_, j) => j).filter((j) => !SharedClaims.isDone(claims, j));
-        try {
-          return await this.piscina.run({ ...task, only, fault: fault && fault.attempts >= 2 ? fault.kind : undefined }) as BatchResult;
-        } catch (second) {
-          throw failedTwice(what, first, second);
-        }
-      }
-    }));
-    return { computeMs: results.reduce((a, r) => a + r.computeMs, 0) };
+        const again = this.serving()[i]!;  // a fresh worker in the dead one's place
+        again.lend(gen, faulty && fault.attempts >= 2 ? fault.kind : undefined).catch((second: unknown) => {
+          if (!this.closed) onFailure(failedTwice('the layers\' experts (a serving worker lent to the thread pool)', first, second));
+        });
+      });
+    });
   }
 
   /**
-   * Ends the serving workers' loops unless another shared batch comes within `idleMs` (the next
-   * runShared starts new ones). A loop holds its piscina task open, which keeps the process alive: the
-   * dispatcher calls this at the end of every evaluation, so a program that never closes the model
-   * still exits, while a generation's next token finds its serving workers still up.
+   * Releases the lent workers and ends their loops unless the pool is needed again within `idleMs` (the
+   * next lendWorkers lends them again). A loop holds its piscina task open, which keeps the process
+   * alive: the dispatcher calls this at the end of every evaluation, so a program that never closes the
+   * model still exits, while a generation's next token finds its workers still lent.
    */
   parkServingWhenIdle(idleMs = 100): void {
     clearTimeout(this.parkTimer);
-    this.parkTimer = setTimeout(() => { for (const lane of this.lanes) lane.stop(); }, idleMs);
+    this.parkTimer = setTimeout(() => this.stopServing(), idleMs);
     this.parkTimer.unref();
+  }
+
+  private stopServing(): void {
+    clearTimeout(this.parkTimer);
+    if (this.lentGen !== undefined) threadLending.releaseAll();
+    this.lentGen = undefined;
+    for (const lane of this.lanes) lane.stop();
   }
 
   /** The serving workers, started on first use and replaced when one has stopped. */
@@ -137,30 +150,29 @@ export class ExpertPool {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearTimeout(this.parkTimer);
-    for (const lane of this.lanes) lane.stop();
+    this.stopServing();
     await this.piscina.destroy();
   }
 }
 
 /**
- * One worker in worker.ts's serving loop: a batch is posted on its own port and announced through a
- * shared counter it sleeps on (Atomics.wait), so it wakes without a piscina task or an event-loop turn on
- * either side; its replies come back on the port and settle the batch's promise.
+ * One worker in worker.ts's serving loop: a request is posted on its own port and announced through a
+ * shared counter it sleeps on (Atomics.wait), so it wakes without a piscina task or an event-loop turn;
+ * its reply comes back on the port once the pool has released its thread.
  */
 class ServingLane {
-  /** No new batches: stop() was called or the loop has ended. */
+  /** No new requests: stop() was called or the loop has ended. */
   stopped = false;
   private readonly ctrl = new Int32Array(new SharedArrayBuffer(8));
   private readonly port: MessagePort;
-  private readonly pending = new Map<number, { resolve: (r: BatchResult) => void; reject: (err: unknown) => void }>();
+  private readonly pending = new Map<number, { resolve: (r: LendReply) => void; reject: (err: unknown) => void }>();
   private nextId = 0;
 
   constructor(piscina: Piscina<ExpertTask | ExpertBatchTask | ServeTask, ExpertResult | BatchResult>) {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    this.port.on('message', (m: ServedBatch) => {
-      this.pending.get(m.id)?.resolve({ computeMs: m.computeMs });
+    this.port.on('message', (m: LendReply) => {
+      this.pending.get(m.id)?.resolve(m);
       this.pending.delete(m.id);
     });
     this.port.unref(); // an idle serving worker must not keep the process alive
@@ -169,11 +181,12 @@ class ServingLane {
       (err: unknown) => this.end(err));
   }
 
-  run(task: ExpertBatchTask): Promise<BatchResult> {
+  /** Lends the worker's thread to the native pool under generation `gen`; settles when it is released. */
+  lend(gen: number, fault?: 'exit' | 'throw'): Promise<LendReply> {
     if (this.stopped) return Promise.reject(new Error('the serving worker stopped'));
     const id = this.nextId++;
-    const done = new Promise<BatchResult>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    this.port.postMessage({ id, task });
+    const done = new Promise<LendReply>((resolve, reject) => this.pending.set(id, { resolve, reject }));
+    this.port.postMessage({ id, lend: gen, ...(fault ? { fault } : {}) } satisfies LendRequest);
     Atomics.add(this.ctrl, 0, 1);
     Atomics.notify(this.ctrl, 0);
     return done;
@@ -188,13 +201,25 @@ class ServingLane {
     Atomics.notify(this.ctrl, 0);
   }
 
-  /** The loop is over (stopped, or its worker died or threw): every batch without a reply fails. */
+  /** The loop is over (stopped, or its worker died or threw): every request without a reply fails. */
   private end(err: unknown): void {
     this.stopped = true;
     this.port.close();
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
   }
+}
+
+let releaseHooked = false;
+/**
+ * A thread lent to the native pool sits in native code, where Node cannot stop it: a process that ends
+ * (process.exit, an uncaught error, an empty event loop) with workers still lent would wait for them
+ * forever. So every lent thread is released when the process emits 'exit', before Node stops the workers.
+ */
+function releaseAtExit(): void {
+  if (releaseHooked) return;
+  releaseHooked = true;
+  process.once('exit', () => threadLending.releaseAll());
 }
 
 function failedTwice(what: string, first: unknown, second: unknown): MoeOffloadError {

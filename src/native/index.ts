@@ -19,6 +19,7 @@ export interface Addon {
   poolServeGeneration(): number;
   poolServe(gen: number): boolean;
   poolReleaseServers(): void;
+  poolLending(): { lent: number; chunks: number };
   // attention.cc
   causalAttention(q: Float32Array, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, start: number,
     nTokens: number, nHead: number, nHeadKv: number, headDim: number, out: Float32Array, threads?: number): void;
@@ -120,6 +121,10 @@ export const threadLending = {
   generation(): number { return native().poolServeGeneration(); },
   serve(gen: number): boolean { return native().poolServe(gen); },
   releaseAll(): void { native().poolReleaseServers(); },
+  /** Threads lent now. */
+  lentNow(): number { return native().poolLending().lent; },
+  /** Chunks (experts, row ranges, heads) that lent threads have computed since the process started. */
+  helperChunks(): number { return native().poolLending().chunks; },
 };
 
 /** Reads every byte of `buf` once (a memory read-bandwidth probe for the benchmark); returns their sum. */
