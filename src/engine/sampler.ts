@@ -147,11 +147,8 @@ export class Sampler {
   private sampleUnordered(logits: ArrayLike<number>, offset: number, n: number): number {
     const { temperature, topP, minP } = this.options;
     const ids = new Int32Array(n);
-    let maxLogit = -Infinity;
-    for (let i = 0; i < n; i++) {
-      ids[i] = i;
-      maxLogit = Math.max(maxLogit, logits[offset + i]!);
-    }
+    for (let i = 0; i < n; i++) ids[i] = i;
+    const maxLogit = logits[offset + argmax(logits, offset, n)]!;
     const order = new CumulativeOrder(logits, offset, ids);
     let count = n;
     if (topP < 1 || minP > 0) {
@@ -222,13 +219,10 @@ class CumulativeOrder {
     while (hi - lo > 16) {
       // Median of three as the pivot, moved to hi - 1.
       const mid = (lo + hi) >>> 1;
-      let p = lo;
       const a = ids[lo]!;
       const b = ids[mid]!;
       const c = ids[hi - 1]!;
-      if (this.better(a, b) !== this.better(a, c)) p = lo;
-      else if (this.better(b, a) !== this.better(b, c)) p = mid;
-      else p = hi - 1;
+      const p = this.better(a, b) !== this.better(a, c) ? lo : this.better(b, a) !== this.better(b, c) ? mid : hi - 1;
       this.swap(w, p, hi - 1);
       const pivot = ids[hi - 1]!;
       let store = lo;
