@@ -1,9 +1,11 @@
 // `moe-offload generate` end to end: the real launcher spawned on the fixture models.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseInteger, parseNumber } from '../src/cli/option-parsers.js';
+import { UsageError } from '../src/model/errors.js';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const fixture = (name: string) => join(repoRoot, 'fixtures', name);
@@ -11,6 +13,15 @@ const fixture = (name: string) => join(repoRoot, 'fixtures', name);
 function run(...args: string[]) {
   const r = spawnSync(process.execPath, [join(repoRoot, 'bin/moe-offload.js'), 'generate', ...args], { encoding: 'utf8' });
   return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** run(), without waiting: the bad-value cases start their processes side by side. */
+function runAsync(...args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [join(repoRoot, 'bin/moe-offload.js'), 'generate', ...args], { encoding: 'utf8' }, (error, out, err) => {
+      resolve({ code: error ? (typeof error.code === 'number' ? error.code : null) : 0, out, err });
+    });
+  });
 }
 
 interface Output {
@@ -71,7 +82,7 @@ test('a fixed seed reproduces a sampled run; --max-tokens is respected; the defa
   assert.equal(one.tokens[0]!.top.length, 0); // --top-logprobs defaults to 0
 });
 
-test('bad values exit 2 with one line that names the option and its range', () => {
+test('bad values exit 2 with one line that names the option and its range', async () => {
   const cases: [string[], RegExp][] = [
     [['--max-tokens', '0'], /--max-tokens.*1/],
     [['--max-tokens', '2.5'], /--max-tokens/],
@@ -95,8 +106,9 @@ test('bad values exit 2 with one line that names the option and its range', () =
     [['--ram-cache', 'lots', '--model', join(repoRoot, 'no-such-model.gguf')], /bad --ram-cache 'lots'/],
     [['--model', join(repoRoot, 'no-such-model.gguf')], /not found/],
   ];
-  for (const [args, pattern] of cases) {
-    const r = run('--prompt', 'hi', ...args);
+  const results = await Promise.all(cases.map(([args]) => runAsync('--prompt', 'hi', ...args)));
+  for (const [i, [args, pattern]] of cases.entries()) {
+    const r = results[i]!;
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
     assert.equal(r.out, '');
     assert.equal(r.err.trimEnd().split('\n').length, 1, r.err);
@@ -120,5 +132,20 @@ test('--help teaches the options with examples', () => {
   assert.equal(r.status, 0);
   for (const flag of ['--model', '--prompt', '--max-tokens', '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--threads', '--json', '--top-logprobs', 'Examples']) {
     assert.ok(r.stdout.includes(flag), flag);
+  }
+});
+
+test('option parsers: accepted forms and the UsageError for the rest (in process)', () => {
+  assert.equal(parseNumber('--t', ' 1e-1 ', { min: 0, max: 1 }), 0.1);
+  assert.equal(parseNumber('--t', '.5', { min: 0, max: 1 }), 0.5);
+  assert.equal(parseInteger('--n', '+7', 0, 10), 7);
+  for (const [f, why] of [
+    [() => parseNumber('--t', '0x10', { min: 0, max: 100 }), /not a number/],
+    [() => parseNumber('--t', '', { min: 0, max: 100 }), /not a number/],
+    [() => parseNumber('--t', '0', { min: 0, max: 1, minExclusive: true }), /not above 0/],
+    [() => parseInteger('--n', '11', 0, 10), /more than 10; give a whole number from 0 to 10/],
+    [() => parseInteger('--n', '9007199254740993', 0), /more than/],
+  ] as [() => unknown, RegExp][]) {
+    assert.throws(f, (e: unknown) => e instanceof UsageError && why.test(e.toLine()) && /^bad --[tn] '/.test(e.message));
   }
 });

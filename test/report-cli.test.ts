@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TraceWriter } from '../src/trace/format.js';
+import { parseIntList } from '../src/cli/option-parsers.js';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'report-cli-test-'));
@@ -119,4 +120,9 @@ test('the HTML page renders in headless Chromium', { skip: !chromium && 'chromiu
   assert.deepEqual([...img.subarray(1, 4)], [0x50, 0x4e, 0x47]); // PNG
   // A blank page compresses to a few KB; plots and the heatmap make it much larger.
   assert.ok(img.length > 20_000, `screenshot only ${img.length} bytes`);
+});
+
+test('parseIntList: deduplicated and ascending; a bad entry is named', () => {
+  assert.deepEqual(parseIntList('--segments', ' 64, 4,16,4 '), [4, 16, 64]);
+  assert.throws(() => parseIntList('--segments', '4,-1'), /bad --segments '4,-1': '-1' is not a whole number/);
 });
