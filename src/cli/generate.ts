@@ -163,7 +163,8 @@ Examples:
 logprob and top come from the plain softmax of the logits, before temperature and filters.
 "stats.experts" holds the offloading counters (as --stats prints them): ramCacheBytes, threads,
 retries, and per layer and in "total": hits, misses, evictions, reads, bytesRead, readMs (summed over
-reads), stallMs (waiting on reads with no expert computing), tasks, computeMs (summed over workers),
+reads), stallMs (waiting on reads with no expert computing), tasks, computeMs (time computing experts:
+the worker's with --threads 1, else the wall time of the batches on all threads),
 wallMs; "prefetch" (with --prefetch): issued, used, wasted, bytes.
 
 Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed on

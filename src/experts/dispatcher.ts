@@ -1,9 +1,10 @@
 // Per layer: the routed experts, each with the token rows routed to it, go to the RAM cache; experts
-// already resident are computed at once while the misses are read (all reads start together), several
-// experts per pool task (one task per idle worker), and with 2+ threads this thread computes a share
-// too; each task's pins are released as soon as its results are back. The caller (the engine's MoE
-// layer) gets one output block per expert and combines them in each token's selection order, so the
-// result does not depend on which expert finished first or where it was computed.
+// already resident are computed at once while the misses are read (all reads start together). With 2+
+// threads this thread computes each ready batch through the native thread pool, the pool's serving
+// workers lent to it as helpers; with 1, the one worker computes each batch as a task. Pins are released
+// as soon as a batch is computed. The caller (the engine's MoE layer) gets one output block per expert
+// and combines them in each token's selection order, so the result does not depend on which expert
+// finished first or where it was computed.
 import { accessOrder } from './access-order.js';
 import type { HostCache, HostEntry } from './host-cache.js';
 import type { ExpertLocator, ExpertMatrix } from './locator.js';

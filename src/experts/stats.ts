@@ -13,8 +13,8 @@ export interface IoComputeCounters {
   /** Time the layer had reads outstanding and no expert computing: the forward pass waited on the disk. */
   stallMs: number;
   /**
-   * Expert FFN tasks (one batch of a layer's experts on one thread) and their compute time, summed over
-   * the threads that computed experts: the workers and, with 2+ threads, the dispatching thread.
+   * Expert FFN batches (a layer's experts ready at one time) and their compute time: the worker's with
+   * one thread, the wall time of the batch on all threads (one native pool call) with more.
    */
   tasks: number;
   computeMs: number;
