@@ -216,6 +216,23 @@ AVX2_F16C_FN inline void dot4F64(const double* qd, const T* k0, size_t stride, i
   }
 }
 
+// Asks for one head's slice of a K or V row (d elements) to be brought into the cache. Each position's row
+// lies a whole kv row from the last (n_head_kv * head_dim elements: 4 KiB in f16, 8 in f32 for 16 x 128),
+// so every slice is on a new page, where the hardware prefetchers stop. Measured (16 layers x 16 heads x
+// 128, 151 positions, K/V cold, 2-core VM): f16 1.7 -> 1.2..1.5 ms per token, f32 2.3..2.7 -> 2.1..2.4.
+template <typename T>
+AVX2_F16C_FN inline void prefetchSlice(const T* p, int d, int hint) {
+  const char* c = (const char*)p;
+  const size_t bytes = (size_t)d * sizeof(T);
+  for (size_t o = 0; o < bytes; o += 64) {
+    if (hint == 0) _mm_prefetch(c + o, _MM_HINT_T0);
+    else _mm_prefetch(c + o, _MM_HINT_T1);
+  }
+}
+
+// How many positions ahead of the dot products the key rows are prefetched.
+constexpr int kKeyPrefetchAhead = 8;
+
 // Query head h for every token of the batch (the unit of work a pool thread takes); T as in the portable one.
 template <typename T>
 AVX2_F16C_FN void attendHeadAvx2(const AttnArgs& a, int h) {
@@ -233,11 +250,18 @@ AVX2_F16C_FN void attendHeadAvx2(const AttnArgs& a, int h) {
     const float* q = a.q + t * qRow + (size_t)h * d;
     for (int i = 0; i < d; i++) qd[i] = q[i];
     int p = 0;
+    for (int j = 0; j < kKeyPrefetchAhead && j < n; j++) prefetchSlice(keys + j * kvRow, d, 0);
     for (; p + 4 <= n; p += 4) {
+      // key rows a few positions ahead, and this position's value rows (to L2) for the weighted sum
+      for (int j = 0; j < 4; j++) {
+        if (p + kKeyPrefetchAhead + j < n) prefetchSlice(keys + (p + kKeyPrefetchAhead + j) * kvRow, d, 0);
+        prefetchSlice(values + (p + j) * kvRow, d, 1);
+      }
       dot4F64(qd, keys + p * kvRow, kvRow, d, scores + p);
       for (int j = 0; j < 4; j++) scores[p + j] *= scale;
     }
     for (; p < n; p++) {
+      prefetchSlice(values + p * kvRow, d, 1);
       scores[p] = dotF64(qd, keys + p * kvRow, d) * scale;
     }
     softmaxInPlaceAvx2(scores, n);
