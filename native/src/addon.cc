@@ -66,16 +66,28 @@ void runRows(RowsKernel kernel, const Job& job, int threads) {
 
 }  // namespace
 
+namespace {
+RowsKernel kernelFor(int type) {
+  RowsKernel kernel = useAvx512() ? avx512Kernel(type) : nullptr;
+  if (!kernel && useAvx2()) kernel = avx2Kernel(type);
+  return kernel ? kernel : portableKernel(type);
+}
+}  // namespace
+
 void matmulInto(int type, const uint8_t* w, int rows, int cols, const float* x, int nTokens, float* out, int threads) {
   TypeGeometry g;
   typeGeometry(type, &g);
-  const size_t rowBytes = (size_t)(cols / g.blockSize) * g.typeSize;
-  RowsKernel kernel = useAvx512() ? avx512Kernel(type) : nullptr;
-  if (!kernel && useAvx2()) kernel = avx2Kernel(type);
-  if (!kernel) kernel = portableKernel(type);
   ActBuffers act(g.act, x, nTokens, cols);
-  const Job job{w, rowBytes, rows, &act.view(), out};
-  runRows(kernel, job, threads);
+  const Job job{w, (size_t)(cols / g.blockSize) * g.typeSize, rows, &act.view(), out};
+  runRows(kernelFor(type), job, threads);
+}
+
+void matmulRowRange(int type, const uint8_t* w, int rows, int cols, const float* x, int nTokens, float* out, int r0, int r1) {
+  TypeGeometry g;
+  typeGeometry(type, &g);
+  ActBuffers act(g.act, x, nTokens, cols);
+  const Job job{w, (size_t)(cols / g.blockSize) * g.typeSize, rows, &act.view(), out};
+  kernelFor(type)(job, r0, r1);
 }
 
 namespace {

@@ -10,4 +10,8 @@ namespace moe {
 // pool without changing any bit of the result.
 void matmulInto(int type, const uint8_t* w, int rows, int cols, const float* x, int nTokens, float* out, int threads);
 
+// Rows [r0, r1) of the same product, written where matmulInto writes them (same bits); r0 and r1
+// multiples of 16 (or r1 = rows) keep the kernels' row groups whole.
+void matmulRowRange(int type, const uint8_t* w, int rows, int cols, const float* x, int nTokens, float* out, int r0, int r1);
+
 }  // namespace moe
