@@ -72,19 +72,17 @@ type Batch = { i: number; entry: HostEntry }[];
 
 export class ExpertDispatcher implements ExpertRunner {
   private readonly parts: DispatcherParts;
-  /** Worker tasks not yet settled (see settle()). */
-  private readonly outstanding = new Set<Promise<void>>();
+  /** A failure that came after its layer was computed (a lent worker's): thrown by the next runExperts or settle(). */
   private lateFailure: unknown;
   constructor(parts: DispatcherParts) {
     this.parts = parts;
   }
 
   /**
-   * Waits for worker tasks still running after their layer completed, then throws a failure one of
-   * them had (the engine calls it at the end of each evaluation, so no error is lost).
+   * The end of an evaluation (the engine calls it): the lent workers go back after a short idle time,
+   * and a failure that came after its layer is thrown, so no error is lost.
    */
   async settle(): Promise<void> {
-    while (this.outstanding.size > 0) await Promise.all(this.outstanding);
     this.parts.pool.parkServingWhenIdle();
     this.throwLateFailure();
   }
@@ -217,9 +215,8 @@ export class ExpertDispatcher implements ExpertRunner {
     const native = pool.threads > 1;
     if (native) pool.lendWorkers((err) => { this.lateFailure ??= err; });
     else parkThreads(); // the native matmul helpers would otherwise spin on the core the worker needs
-    let layerDone = false;
-    /** Runs the task on a worker; `after` runs once it has settled, before the next dispatch. */
-    const post = (task: ExpertBatchTask, batch: Batch, after: () => void): Promise<void> => {
+    /** Runs the task on the worker; `after` runs once it has settled, before the next dispatch. */
+    const post = (task: ExpertBatchTask, batch: Batch, after: () => void): void => {
       inFlight++;
       let run: Promise<BatchResult>;
       try {
@@ -227,20 +224,14 @@ export class ExpertDispatcher implements ExpertRunner {
       } catch (err) {
         run = Promise.reject(err);
       }
-      const settled = run.then((r) => stats.addCompute(layer, r.computeMs), (err: unknown) => {
-        if (layerDone) this.lateFailure ??= err;
-        else fail(err);
-      }).finally(() => {
+      // The batch's pins hold the layer open until this has run: a failure is never late.
+      void run.then((r) => stats.addCompute(layer, r.computeMs), (err: unknown) => fail(err)).finally(() => {
         inFlight--;
-        this.outstanding.delete(settled);
         after();
-        if (layerDone) return;
         lookUp();
         dispatch();
         finishIfIdle();
       });
-      this.outstanding.add(settled);
-      return settled;
     };
     const complete = (batch: Batch): void => {
       finished(batch);
@@ -253,7 +244,7 @@ export class ExpertDispatcher implements ExpertRunner {
         const batch = ready.splice(0, ready.length);
         clock.computeStart();
         if (!native) {
-          void post(taskOf(batch), batch, () => complete(batch));
+          post(taskOf(batch), batch, () => complete(batch));
           continue;
         }
         try {
@@ -270,7 +261,6 @@ export class ExpertDispatcher implements ExpertRunner {
     dispatch();
     finishIfIdle();
     await done;
-    layerDone = true;
     stats.addStall(layer, clock.stalledMs);
     stats.addWall(layer, performance.now() - t0);
     if (failure !== undefined) throw failure;

@@ -84,9 +84,10 @@ export class ExpertPool {
     this.serving().forEach((lane, i) => {
       const faulty = fault && i === 0;
       lane.lend(gen, faulty ? fault.kind : undefined).catch((first: unknown) => {
-        if (this.closed || this.lentGen !== gen) return;
+        if (this.closed) return;
         this.retries++;
-        const again = this.serving()[i]!;  // a fresh worker in the dead one's place
+        // A fresh worker in the dead one's place (if the pool released its workers meanwhile, it returns at once).
+        const again = this.serving()[i]!;
         again.lend(gen, faulty && fault.attempts >= 2 ? fault.kind : undefined).catch((second: unknown) => {
           if (!this.closed) onFailure(failedTwice('the layers\' experts (a serving worker lent to the thread pool)', first, second));
         });
@@ -163,6 +164,7 @@ export class ExpertPool {
 class ServingLane {
   /** No new requests: stop() was called or the loop has ended. */
   stopped = false;
+  private stopAsked = false;
   private readonly ctrl = new Int32Array(new SharedArrayBuffer(8));
   private readonly port: MessagePort;
   private readonly pending = new Map<number, { resolve: (r: LendReply) => void; reject: (err: unknown) => void }>();
@@ -196,16 +198,23 @@ class ServingLane {
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
+    this.stopAsked = true;
     Atomics.store(this.ctrl, 1, 1);
     Atomics.add(this.ctrl, 0, 1);
     Atomics.notify(this.ctrl, 0);
   }
 
-  /** The loop is over (stopped, or its worker died or threw): every request without a reply fails. */
+  /**
+   * The loop is over: asked to stop (a reply that did not arrive first counts as given: the worker was
+   * released and ended as asked), or its worker died or threw (every request without a reply fails).
+   */
   private end(err: unknown): void {
     this.stopped = true;
     this.port.close();
-    for (const p of this.pending.values()) p.reject(err);
+    for (const p of this.pending.values()) {
+      if (this.stopAsked) p.resolve({ id: -1, served: false });
+      else p.reject(err);
+    }
     this.pending.clear();
   }
 }
