@@ -105,6 +105,7 @@ test('bad values exit 2 with one line that names the option and its range', asyn
     [['--ram-cache', '101%'], /bad --ram-cache '101%'.*percentage/],
     [['--ram-cache', 'lots', '--model', join(repoRoot, 'no-such-model.gguf')], /bad --ram-cache 'lots'/],
     [['--model', join(repoRoot, 'no-such-model.gguf')], /not found/],
+    [['--kv-type', 'q8_0'], /bad --kv-type 'q8_0'.*f16.*f32/],
   ];
   const results = await Promise.all(cases.map(([args]) => runAsync('--prompt', 'hi', ...args)));
   for (const [i, [args, pattern]] of cases.entries()) {
@@ -117,6 +118,18 @@ test('bad values exit 2 with one line that names the option and its range', asyn
   const noPrompt = run();
   assert.equal(noPrompt.code, 2);
   assert.match(noPrompt.err, /--prompt/);
+});
+
+test('--kv-type f32 and f16 (the default) both generate, their log-probabilities apart by f16 rounding of K/V only', () => {
+  const args = ['--model', fixture('llama-f32.gguf'), '--prompt', 'hello', '--max-tokens', '4', '--temperature', '0'];
+  const f32 = json(...args, '--kv-type', 'f32');
+  const f16 = json(...args);
+  assert.ok(f32.tokens.length >= 1 && f16.tokens.length >= 1);
+  // Greedy on the f32 fixture: the first token's log-probability moves by f16 rounding only, but moves
+  // (the option reaches the cache).
+  const [a, b] = [f32.tokens[0]!.logprob, f16.tokens[0]!.logprob];
+  assert.ok(Math.abs(a - b) < 1e-2, `${a} vs ${b}`);
+  assert.notEqual(a, b);
 });
 
 test('an empty prompt: fine when the model adds BOS (llama fixture), a usage error when nothing is left', () => {

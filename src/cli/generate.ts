@@ -7,6 +7,7 @@ import { checkSizeForm, parseNonNegativeInt, parseNumber, parsePositiveInt } fro
 import { UsageError } from '../model/errors.js';
 import { defaultModelPath } from '../model/default-model.js';
 import { loadModel } from '../engine/model.js';
+import type { KVType } from '../engine/kv-cache.js';
 import { Sampler } from '../engine/sampler.js';
 import { generate } from '../engine/generator.js';
 import { DEFAULT_RAM_CACHE_HELP, SIZE_FORMS } from '../experts/size.js';
@@ -29,6 +30,7 @@ interface RawGenerateOptions {
   ramCache?: string;
   directIo?: boolean;
   prefetch?: boolean;
+  kvType: string;
   stats?: boolean;
   trace?: string;
 }
@@ -50,9 +52,16 @@ export interface GenerateOptions {
   directIo: boolean;
   /** --prefetch: read the next layer's predicted experts while this layer computes. */
   prefetch: boolean;
+  /** --kv-type: how the attention's K and V are stored. */
+  kvType: KVType;
   stats: boolean;
   /** --trace FILE: record the routing there. */
   trace: string | undefined;
+}
+
+function parseKVType(text: string): KVType {
+  if (text === 'f16' || text === 'f32') return text;
+  throw new UsageError(`bad --kv-type '${text}': not a cache type`, 'give f16 (the default) or f32');
 }
 
 export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
@@ -75,6 +84,7 @@ export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
     ramCache: raw.ramCache,
     directIo: raw.directIo ?? false,
     prefetch: raw.prefetch ?? false,
+    kvType: parseKVType(raw.kvType),
     stats: raw.stats ?? false,
     trace: raw.trace,
   };
@@ -85,7 +95,7 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
   // The dispatcher reports where each expert came from (tier, stall), so the trace records tiers.
   const trace = startTrace(o.trace, { tiers: true });
   const model = await loadModel(o.model, {
-    threads: o.threads, onRoute: trace?.onRoute,
+    threads: o.threads, kvType: o.kvType, onRoute: trace?.onRoute,
     offload: { ramCache: o.ramCache, directIo: o.directIo, prefetch: o.prefetch, threads: o.threads, onServe: trace?.onServe },
   });
   try {
@@ -197,6 +207,7 @@ export function registerGenerateCommand(program: Command): void {
     .option('--ram-cache <size>', 'RAM for cached experts, e.g. 512MiB, 4GiB or 25% of all expert bytes (default: free memory, see below)')
     .option('--direct-io', 'read experts with O_DIRECT, so the page cache does not hold a second copy')
     .option('--prefetch', 'read the next layer\'s predicted experts while this layer computes (helps when --ram-cache is smaller than the experts)')
+    .option('--kv-type <type>', 'how the attention cache stores keys and values: f16 (half the memory, as llama.cpp) or f32', 'f16')
     .option('--stats', 'print expert cache and timing statistics to stderr at the end');
   addTraceOption(cmd)
     .addHelpText('after', HELP)
