@@ -211,6 +211,28 @@ for (const kind of ['exit', 'throw'] as const) {
   });
 }
 
+test('releasing one pool\'s lent workers leaves another pool\'s lent', async () => {
+  const until = async (ok: () => boolean) => { for (let i = 0; i < 400 && !ok(); i++) await new Promise((r) => setTimeout(r, 5)); };
+  const a = new ExpertPool({ threads: 2 });
+  const b = new ExpertPool({ threads: 2 });
+  try {
+    const base = threadLending.lentNow();
+    a.lendWorkers(() => {});
+    b.lendWorkers(() => {});
+    await until(() => threadLending.lentNow() === base + 2);
+    assert.equal(threadLending.lentNow(), base + 2);
+    a.parkServingWhenIdle(0);
+    await until(() => threadLending.lentNow() === base + 1);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(threadLending.lentNow(), base + 1, 'b\'s worker is still lent');
+    assert.ok(b.lent && !a.lent);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+  assert.equal(threadLending.lentNow(), 0);
+});
+
 test('a closed pool rejects new tasks', async () => {
   const p = new ExpertPool({ threads: 1 });
   await p.close();

@@ -225,21 +225,20 @@ Napi::Value ExpertBatch(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// poolServeGeneration(): the generation a thread asked to serve passes to poolServe.
-Napi::Value PoolServeGeneration(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), poolServeGeneration());
-}
-
-// poolServe(gen): blocks the calling thread (a worker) as a pool helper until poolReleaseServers().
+// poolServe(release: Int32Array on a SharedArrayBuffer): blocks the calling thread (a worker) as a pool
+// helper until release[0] is not 0 (and poolWakeServers() has been called after setting it).
 Napi::Value PoolServe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int64_t gen;
-  if (info.Length() < 1 || !intArg(info[0], 0, UINT32_MAX, &gen)) return throwRange(env, "poolServe: expected a generation number");
-  return Napi::Boolean::New(env, poolServe((uint32_t)gen));
+  int32_t* release;
+  size_t n;
+  if (info.Length() < 1 || !typedArray(env, info[0], napi_int32_array, &release, &n) || n < 1) {
+    return throwType(env, "poolServe: expected an Int32Array (shared) whose [0] releases the thread");
+  }
+  return Napi::Boolean::New(env, poolServe(release));
 }
 
-Napi::Value PoolReleaseServers(const Napi::CallbackInfo& info) {
-  poolReleaseServers();
+Napi::Value PoolWakeServers(const Napi::CallbackInfo& info) {
+  poolWakeServers();
   return info.Env().Undefined();
 }
 
@@ -256,9 +255,8 @@ Napi::Value PoolLending(const Napi::CallbackInfo& info) {
 
 void RegisterExpertBatch(Napi::Env env, Napi::Object exports) {
   exports.Set("expertBatch", Napi::Function::New(env, ExpertBatch));
-  exports.Set("poolServeGeneration", Napi::Function::New(env, PoolServeGeneration));
   exports.Set("poolServe", Napi::Function::New(env, PoolServe));
-  exports.Set("poolReleaseServers", Napi::Function::New(env, PoolReleaseServers));
+  exports.Set("poolWakeServers", Napi::Function::New(env, PoolWakeServers));
   exports.Set("poolLending", Napi::Function::New(env, PoolLending));
 }
 

@@ -61,7 +61,6 @@ struct Pool {
   std::atomic<int> servers{0};         // lent threads (poolServe) now serving
   std::atomic<int> serverSleepers{0};  // lent threads asleep on `serverWake`
   std::condition_variable serverWake;
-  std::atomic<uint32_t> serveGen{0};   // poolReleaseServers() bumps it: lent threads of older generations return
   std::atomic<uint64_t> lentChunks{0}; // chunks run by lent threads (tests check that they take part)
 };
 
@@ -109,11 +108,11 @@ int workOn(Pool& p, uint32_t seq) {
 }
 
 // Waits for a job newer than lastSeq: spins up to SPIN_TIME (less if parked), then sleeps. An own
-// thread (gen == nullptr) does not spin while lent threads serve, and sleeps until a job comes when none
-// does. A lent thread also returns, with *released set, once serveGen moves past *gen.
-uint64_t waitForJob(Pool& p, uint32_t lastSeq, uint32_t* lastPark, const uint32_t* gen, bool* released) {
-  const bool lent = gen != nullptr;
-  auto releasedNow = [&] { return lent && p.serveGen.load(std::memory_order_acquire) != *gen; };
+// thread (release == nullptr) does not spin while lent threads serve, and sleeps until a job comes when
+// none does. A lent thread also returns, with *released set, once its *release word is not 0.
+uint64_t waitForJob(Pool& p, uint32_t lastSeq, uint32_t* lastPark, const int32_t* release, bool* released) {
+  const bool lent = release != nullptr;
+  auto releasedNow = [&] { return lent && __atomic_load_n(release, __ATOMIC_ACQUIRE) != 0; };
   auto stayOut = [&] { return !lent && p.servers.load(std::memory_order_acquire) > 0; };
   const auto deadline = std::chrono::steady_clock::now() + SPIN_TIME;
   for (unsigned i = 1;; i++) {
@@ -215,9 +214,7 @@ void poolPark() { pool().parkSeq.fetch_add(1, std::memory_order_relaxed); }
 int poolLentThreads() { return pool().servers.load(std::memory_order_acquire); }
 uint64_t poolLentChunks() { return pool().lentChunks.load(std::memory_order_relaxed); }
 
-uint32_t poolServeGeneration() { return pool().serveGen.load(std::memory_order_acquire); }
-
-bool poolServe(uint32_t gen) {
+bool poolServe(const int32_t* release) {
   Pool& p = pool();
   p.servers.fetch_add(1, std::memory_order_seq_cst);
   // Jobs published before this thread counted as a server did not count on it: wait for newer ones.
@@ -226,7 +223,7 @@ bool poolServe(uint32_t gen) {
   bool released = false;
   bool served = false;
   while (!released) {
-    const uint64_t v = waitForJob(p, lastSeq, &lastPark, &gen, &released);
+    const uint64_t v = waitForJob(p, lastSeq, &lastPark, release, &released);
     if (released) break;
     served = true;
     lastSeq = seqOf(v);
@@ -241,9 +238,8 @@ bool poolServe(uint32_t gen) {
   return served;
 }
 
-void poolReleaseServers() {
+void poolWakeServers() {
   Pool& p = pool();
-  p.serveGen.fetch_add(1, std::memory_order_seq_cst);
   { std::lock_guard<std::mutex> g(p.sleepMutex); }
   p.serverWake.notify_all();
 }

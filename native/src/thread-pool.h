@@ -15,13 +15,12 @@ void poolRun(int threads, int nChunks, void (*fn)(void* ctx, int chunk), void* c
 // Makes helpers that are spinning for the next job go to sleep now (other threads need the cores).
 void poolPark();
 
-// Lends the calling thread to the pool as a helper (the expert pool's workers do this) until
-// poolReleaseServers() is called with the generation still `gen` (read with poolServeGeneration before
-// the thread was asked to serve, so a release that came first is not missed). While any thread is lent,
-// the pool's own helper threads stay asleep. Returns whether any job came while it served.
-uint32_t poolServeGeneration();
-bool poolServe(uint32_t gen);
-void poolReleaseServers();
+// Lends the calling thread to the pool as a helper (the expert pool's workers do this) until the word
+// *release (shared memory the lender owns) is not 0: the lender stores 1 there, then calls
+// poolWakeServers() so that a sleeping lent thread sees it. While any thread is lent, the pool's own
+// helper threads stay asleep. Returns whether any job came while it served.
+bool poolServe(const int32_t* release);
+void poolWakeServers();
 // Threads lent now, and chunks lent threads have run since the process started (tests, stats).
 int poolLentThreads();
 uint64_t poolLentChunks();

@@ -25,8 +25,8 @@ export class ExpertPool {
   private readonly piscina: Piscina<ExpertTask | ExpertBatchTask | ServeTask, ExpertResult | BatchResult>;
   private readonly lanes: ServingLane[] = [];
   private parkTimer: NodeJS.Timeout | undefined;
-  /** The thread-lending generation the serving workers are lent under, while they are. */
-  private lentGen: number | undefined;
+  /** The release word the serving workers are lent under, while they are (threadLending). */
+  private lentUnder: Int32Array | undefined;
   private fault: { attempts: number; kind: 'exit' | 'throw' } | undefined;
   private closed = false;
 
@@ -63,7 +63,7 @@ export class ExpertPool {
   get servingWorkers(): number { return this.threads - 1; }
 
   /** Whether the serving workers are lent now (between lendWorkers and their release). */
-  get lent(): boolean { return this.lentGen !== undefined; }
+  get lent(): boolean { return this.lentUnder !== undefined; }
 
   /**
    * Lends the serving workers' threads to the native thread pool, unless they are lent already: until
@@ -74,21 +74,22 @@ export class ExpertPool {
    * `onFailure` (nothing is lost meanwhile: the calling thread computes every chunk no helper took).
    */
   lendWorkers(onFailure: (err: unknown) => void): void {
-    if (this.closed || this.lentGen !== undefined || this.servingWorkers === 0) return;
+    if (this.closed || this.lentUnder !== undefined || this.servingWorkers === 0) return;
     clearTimeout(this.parkTimer);
+    const release = new Int32Array(new SharedArrayBuffer(4));
+    this.lentUnder = release;
+    lentUnder.add(release);
     releaseAtExit();
-    const gen = threadLending.generation();
-    this.lentGen = gen;
     const fault = this.fault;
     this.fault = undefined;
     this.serving().forEach((lane, i) => {
       const faulty = fault && i === 0;
-      lane.lend(gen, faulty ? fault.kind : undefined).catch((first: unknown) => {
+      lane.lend(release, faulty ? fault.kind : undefined).catch((first: unknown) => {
         if (this.closed) return;
         this.retries++;
         // A fresh worker in the dead one's place (if the pool released its workers meanwhile, it returns at once).
         const again = this.serving()[i]!;
-        again.lend(gen, faulty && fault.attempts >= 2 ? fault.kind : undefined).catch((second: unknown) => {
+        again.lend(release, faulty && fault.attempts >= 2 ? fault.kind : undefined).catch((second: unknown) => {
           if (!this.closed) onFailure(failedTwice('the layers\' experts (a serving worker lent to the thread pool)', first, second));
         });
       });
@@ -109,8 +110,11 @@ export class ExpertPool {
 
   private stopServing(): void {
     clearTimeout(this.parkTimer);
-    if (this.lentGen !== undefined) threadLending.releaseAll();
-    this.lentGen = undefined;
+    if (this.lentUnder !== undefined) {
+      threadLending.release(this.lentUnder);
+      lentUnder.delete(this.lentUnder);
+    }
+    this.lentUnder = undefined;
     for (const lane of this.lanes) lane.stop();
   }
 
@@ -183,12 +187,12 @@ class ServingLane {
       (err: unknown) => this.end(err));
   }
 
-  /** Lends the worker's thread to the native pool under generation `gen`; settles when it is released. */
-  lend(gen: number, fault?: 'exit' | 'throw'): Promise<LendReply> {
+  /** Lends the worker's thread to the native pool until release[0] is set; settles when it is back. */
+  lend(release: Int32Array, fault?: 'exit' | 'throw'): Promise<LendReply> {
     if (this.stopped) return Promise.reject(new Error('the serving worker stopped'));
     const id = this.nextId++;
     const done = new Promise<LendReply>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    this.port.postMessage({ id, lend: gen, ...(fault ? { fault } : {}) } satisfies LendRequest);
+    this.port.postMessage({ id, lend: release, ...(fault ? { fault } : {}) } satisfies LendRequest);
     Atomics.add(this.ctrl, 0, 1);
     Atomics.notify(this.ctrl, 0);
     return done;
@@ -219,6 +223,8 @@ class ServingLane {
   }
 }
 
+/** The release words of every pool's lent workers, for the 'exit' hook. */
+const lentUnder = new Set<Int32Array>();
 let releaseHooked = false;
 /**
  * A thread lent to the native pool sits in native code, where Node cannot stop it: a process that ends
@@ -228,7 +234,7 @@ let releaseHooked = false;
 function releaseAtExit(): void {
   if (releaseHooked) return;
   releaseHooked = true;
-  process.once('exit', () => threadLending.releaseAll());
+  process.once('exit', () => { for (const release of lentUnder) threadLending.release(release); });
 }
 
 function failedTwice(what: string, first: unknown, second: unknown): MoeOffloadError {

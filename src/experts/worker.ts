@@ -95,8 +95,8 @@ export interface ServeTask {
   serve: { ctrl: Int32Array; port: MessagePort };
 }
 
-/** A request to a serving worker: lend this thread to the native pool (generation `lend`) until released. */
-export interface LendRequest { id: number; lend: number; fault?: 'exit' | 'throw' }
+/** A request to a serving worker: lend this thread to the native pool until lend[0] (shared) is set. */
+export interface LendRequest { id: number; lend: Int32Array; fault?: 'exit' | 'throw' }
 
 /** Reply for each request, on the same port: whether a pool job came while the thread was lent. */
 export interface LendReply { id: number; served: boolean }

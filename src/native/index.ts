@@ -16,9 +16,8 @@ export interface Addon {
   // expert-batch.cc
   expertBatch(slabs: Uint8Array[], desc: Float64Array, x: Float32Array, rows: Int32Array, out: Float32Array,
     nEmbd: number, threads: number): void;
-  poolServeGeneration(): number;
-  poolServe(gen: number): boolean;
-  poolReleaseServers(): void;
+  poolServe(release: Int32Array): boolean;
+  poolWakeServers(): void;
   poolLending(): { lent: number; chunks: number };
   // attention.cc
   causalAttention(q: Float32Array, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array, start: number,
@@ -112,15 +111,18 @@ export function expertBatch(slabs: Uint8Array[], desc: Float64Array, x: Float32A
 }
 
 /**
- * Lending threads to the native pool: a worker thread calls poolServe(gen) and, until
- * poolReleaseServers(), helps with every pool job (matmul row chunks, attention heads, expertBatch's
- * experts) instead of the pool's own helper threads, which sleep meanwhile. `gen` comes from
- * poolServeGeneration() read before the worker was asked, so a release that came first is not missed.
+ * Lending threads to the native pool: a worker thread calls serve(release) and, until release[0] is set
+ * (release: an Int32Array on a SharedArrayBuffer, one per lending, owned by the lender), helps with every
+ * pool job (matmul row chunks, attention heads, expertBatch's pieces) instead of the pool's own helper
+ * threads, which sleep meanwhile. A release set before the worker starts serving returns it at once.
  */
 export const threadLending = {
-  generation(): number { return native().poolServeGeneration(); },
-  serve(gen: number): boolean { return native().poolServe(gen); },
-  releaseAll(): void { native().poolReleaseServers(); },
+  serve(release: Int32Array): boolean { return native().poolServe(release); },
+  /** Sets release[0] and wakes lent threads that sleep, so the ones lent under `release` return. */
+  release(release: Int32Array): void {
+    Atomics.store(release, 0, 1);
+    native().poolWakeServers();
+  },
   /** Threads lent now. */
   lentNow(): number { return native().poolLending().lent; },
   /** Chunks (experts, row ranges, heads) that lent threads have computed since the process started. */
