@@ -729,9 +729,9 @@ export function offloadTable(r: OffloadBenchResult): string {
   const widths = header.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
   for (const row of rows) lines.push(row.map((c, i) => (i <= 2 || i === row.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
   if (r.rows.some((x) => x.ratioRuns)) lines.push('each row: the run with the median ratio of [every run\'s ratio, in run order]; rows ran forward, then in reverse, and so on');
-  lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = expert FFN compute time summed over the threads');
-  lines.push('computing experts (workers, and the main thread\'s share with 2+ threads); other ms = ms/tok - experts ms (attention, norms,');
-  lines.push('routers, output, on the main thread)');
+  lines.push('per token: experts ms = wall time of the MoE expert stages; worker ms = time computing experts (with 2+ threads the');
+  lines.push('wall time of the batches, each one native call on all threads); other ms = ms/tok - experts ms (attention, norms,');
+  lines.push('routers, output)');
   for (const x of r.rows) {
     if (!x.prefetch) continue;
     const p = x.prefetch;
