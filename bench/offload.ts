@@ -615,7 +615,8 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
   const runs: [number, DecodeRow['io'], boolean][] = [
     ...s.ramCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', false]),
     ...s.prefetchPercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', true]),
-    ...s.pageCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'page cache', false]),
+    // Page-cache rows run as `generate` does by default: buffered reads, prefetching below 100%.
+    ...s.pageCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'page cache', p < 100]),
   ];
   const runsOf: DecodeRow[][] = runs.map(() => []);
   let ffnAllThreads = expertFfnAllThreadsGbps;
@@ -698,7 +699,7 @@ export function offloadTable(r: OffloadBenchResult): string {
   const f = (v: number, d = 2) => v.toFixed(d);
   const mb = (b: number) => f(b / 1e6, 1);
   const sh = r.model.shape;
-  const viaOf = (x: DecodeRow) => `${x.io}${x.pageCache ? (x.pageCache === 'cold' ? ', cold' : ', state unknown') : ''}${x.prefetch ? ' + prefetch' : ''}`;
+  const viaOf = (x: DecodeRow) => `${x.io}${x.pageCache ? (x.pageCache === 'cold' ? ', cold' : ', state unknown') : ''}${x.prefetch ? ' + prefetch' : x.ramCachePercent < 100 ? ', no prefetch' : ''}`;
   const bwLine = (b: ReadBandwidth | null) => (b?.gbps ? `${f(b.gbps.median)} GB/s [${f(b.gbps.min)}..${f(b.gbps.max)}]` : (b?.note ?? 'n/a'));
   const lines = [
     `moe-offload offload bench: ${sh.nLayer} layers, ${sh.nExpert} experts of ${sh.nEmbd}x${sh.nFf} (${mb(r.expertBytes)} MB q4_0), top-${sh.nUsed}, ${r.threads} threads`,

@@ -162,3 +162,16 @@ test('option parsers: accepted forms and the UsageError for the rest (in process
     assert.throws(f, (e: unknown) => e instanceof UsageError && why.test(e.toLine()) && /^bad --[tn] '/.test(e.message));
   }
 });
+
+test('prefetching is on by default when --ram-cache cannot hold every expert, off with --no-prefetch or when all fit; same text', () => {
+  type WithPrefetch = Output & { stats: { experts: { prefetch: { issued: number; used: number } } } };
+  const args = ['--model', fixture('olmoe-q8_0.gguf'), '--prompt', 'hello there', '--max-tokens', '6', '--temperature', '0', '--threads', '2'];
+  const half = json(...args, '--ram-cache', '40%') as WithPrefetch;
+  const off = json(...args, '--ram-cache', '40%', '--no-prefetch') as WithPrefetch;
+  const all = json(...args, '--ram-cache', '100%') as WithPrefetch;
+  assert.ok(half.stats.experts.prefetch.issued > 0, 'prefetches issued by default');
+  assert.equal(off.stats.experts.prefetch.issued, 0);
+  assert.equal(all.stats.experts.prefetch.issued, 0, 'nothing to prefetch when every expert fits');
+  assert.equal(half.text, off.text);
+  assert.equal(half.text, all.text);
+});

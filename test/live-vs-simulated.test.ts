@@ -26,7 +26,7 @@ function cli(args: string[]): string {
 
 function generate(model: string, ramCache: string, trace: string): LiveTotals {
   const out = JSON.parse(cli(['generate', '--model', model, '--prompt', PROMPT, '--max-tokens', '12', '--temperature', '0',
-    '--threads', '1', '--ram-cache', ramCache, '--trace', trace, '--json'])) as { stats: { experts: { total: LiveTotals } } };
+    '--threads', '1', '--ram-cache', ramCache, '--no-prefetch', '--trace', trace, '--json'])) as { stats: { experts: { total: LiveTotals } } };
   return out.stats.experts.total;
 }
 

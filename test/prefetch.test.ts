@@ -203,8 +203,8 @@ for (const name of ['qwen2moe-q4_0', 'olmoe-q4_k']) {
   });
 }
 
-test('without prefetch nothing is predicted or prefetched', async () => {
-  const model = await loadModel(join(FIXTURES, 'qwen2moe-q4_0.gguf'), { offload: { ramCache: '50%', threads: 1 } });
+test('with prefetch off nothing is predicted or prefetched', async () => {
+  const model = await loadModel(join(FIXTURES, 'qwen2moe-q4_0.gguf'), { offload: { ramCache: '50%', threads: 1, prefetch: false } });
   try {
     await run(model);
     assert.deepEqual(model.expertStats()!.prefetch, { issued: 0, used: 0, wasted: 0, bytes: 0 });

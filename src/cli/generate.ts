@@ -50,8 +50,8 @@ export interface GenerateOptions {
   /** --ram-cache as given (parsed against the model's expert bytes once it is open); undefined = default. */
   ramCache: string | undefined;
   directIo: boolean;
-  /** --prefetch: read the next layer's predicted experts while this layer computes. */
-  prefetch: boolean;
+  /** --prefetch / --no-prefetch: read the next layer's predicted experts while this layer computes (undefined: the default, on when the cache cannot hold every expert). */
+  prefetch: boolean | undefined;
   /** --kv-type: how the attention's K and V are stored. */
   kvType: KVType;
   stats: boolean;
@@ -83,7 +83,7 @@ export function parseGenerateOptions(raw: RawGenerateOptions): GenerateOptions {
     json: raw.json ?? false,
     ramCache: raw.ramCache,
     directIo: raw.directIo ?? false,
-    prefetch: raw.prefetch ?? false,
+    prefetch: raw.prefetch,
     kvType: parseKVType(raw.kvType),
     stats: raw.stats ?? false,
     trace: raw.trace,
@@ -175,17 +175,18 @@ logprob and top come from the plain softmax of the logits, before temperature an
 retries, and per layer and in "total": hits, misses, evictions, reads, bytesRead, readMs (summed over
 reads), stallMs (waiting on reads with no expert computing), tasks, computeMs (time computing experts:
 the worker's with --threads 1, else the wall time of the batches on all threads),
-wallMs; "prefetch" (with --prefetch): issued, used, wasted, bytes.
+wallMs; "prefetch" (when prefetching): issued, used, wasted, bytes.
 
 Experts are read from the file on demand into a RAM cache of --ram-cache bytes and computed on
 --threads threads (this one and --threads - 1 workers); peak memory stays under the resident
 weights + --ram-cache + a fixed overhead of 96 MiB + 16 MiB per worker thread (measured by the test suite).
 --ram-cache takes ${SIZE_FORMS}. Its default: ${DEFAULT_RAM_CACHE_HELP}, minus the resident weights,
 and at most all experts. A budget below one layer's experts in use is an error that states the minimum.
---prefetch guesses each next layer's experts (its router applied to the hidden state early) and
-reads the more probable half of them, mostly right, while the current layer computes. It helps when
-the RAM cache is smaller than the experts, so that experts are read from disk as the tokens are made;
-when everything is cached it does nothing but the guess. The output is the same either way.
+Prefetching (on by default when --ram-cache cannot hold every expert; --no-prefetch turns it off)
+guesses each next layer's experts (its router applied to the hidden state early) and reads the more
+probable half of them, mostly right, while the current layer computes, so the disk keeps reading while
+attention and routing run. The output is the same either way. simulate models the cache without it:
+to compare a live run with simulate, record the trace with --no-prefetch.
 
 ${TRACE_HELP}`;
 
@@ -206,7 +207,8 @@ export function registerGenerateCommand(program: Command): void {
     .option('--json', 'print one JSON object with the text, per-token log-probabilities and timings')
     .option('--ram-cache <size>', 'RAM for cached experts, e.g. 512MiB, 4GiB or 25% of all expert bytes (default: free memory, see below)')
     .option('--direct-io', 'read experts with O_DIRECT, so the page cache does not hold a second copy')
-    .option('--prefetch', 'read the next layer\'s predicted experts while this layer computes (helps when --ram-cache is smaller than the experts)')
+    .option('--prefetch', 'read the next layer\'s predicted experts while this layer computes (the default when --ram-cache cannot hold every expert)')
+    .option('--no-prefetch', 'do not prefetch (the live cache then counts what simulate replays)')
     .option('--kv-type <type>', 'how the attention cache stores keys and values: f16 (half the memory, as llama.cpp) or f32', 'f16')
     .option('--stats', 'print expert cache and timing statistics to stderr at the end');
   addTraceOption(cmd)

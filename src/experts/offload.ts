@@ -22,7 +22,10 @@ export interface OffloadOptions {
   threads?: number;
   /**
    * Read the experts the engine predicts for the next layer (its router applied early) while this layer
-   * computes. Helps when the RAM cache is smaller than the experts and misses go to the disk; default off.
+   * computes. Helps when the RAM cache is smaller than the experts and misses go to the disk (measured:
+   * 20-25% less time per token at 25% and 50% of the experts). Default: on when the cache cannot hold
+   * every expert (when it can, only a cold cache's first tokens would gain, and every layer would pay
+   * for the guess).
    */
   prefetch?: boolean;
   /** Told, per expert job, which tier served it and how long it waited (trace recording: CliTrace.onServe). */
@@ -84,7 +87,9 @@ export class ExpertOffload implements ExpertRunner {
     this.statsKeeper = new ExpertStats(locator.layers);
     const reader = new ExpertReader(this.file, locator, (l, bytes, ms) => this.statsKeeper.addRead(l, bytes, ms));
     this.reader = reader;
-    this.prefetching = opts.prefetch ?? false;
+    let expertsInFile = 0;
+    for (let l = 0; l < locator.layers; l++) if (locator.hasExperts(l)) expertsInFile += locator.expertCount;
+    this.prefetching = opts.prefetch ?? this.cache.capacity < expertsInFile;
     this.pool = new ExpertPool({ threads: opts.threads ?? 1 });
     this.dispatcher = new ExpertDispatcher({ cache: this.cache, reader, pool: this.pool, locator, stats: this.statsKeeper,
       ...(opts.onServe ? { onServe: opts.onServe } : {}) });
