@@ -82,13 +82,13 @@ void matmulInto(int type, const uint8_t* w, int rows, int cols, const float* x, 
   runRows(kernelFor(type), job, threads);
 }
 
-void matmulRowRange(int type, const uint8_t* w, int rows, int cols, const float* x, int nTokens, float* out, int r0, int r1) {
+void matmulRowRangeAct(int type, const uint8_t* w, int rows, const Act& act, float* out, int r0, int r1) {
   TypeGeometry g;
   typeGeometry(type, &g);
-  ActBuffers act(g.act, x, nTokens, cols);
-  const Job job{w, (size_t)(cols / g.blockSize) * g.typeSize, rows, &act.view(), out};
+  const Job job{w, (size_t)(act.cols / g.blockSize) * g.typeSize, rows, &act, out};
   kernelFor(type)(job, r0, r1);
 }
+
 
 namespace {
 
