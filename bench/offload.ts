@@ -252,7 +252,7 @@ export interface OffloadBenchResult {
   threads: number;
   expertBytes: number;
   /** Bytes whose product a decode token computes: k x layers x expert bytes + resident matrices used per token. */
-  computedBytesPerToken: { experts: number; resident: number; total: number };
+  computedBytesPerToken: { experts: number; resident: number; kvCache: number; total: number };
   pageCacheDrop: string;
   /** OffloadSettings.probeSliceEveryTokens of the run. */
   probeSliceEveryTokens: number;
@@ -611,7 +611,13 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
   progress(`expert FFN throughput: ${s.threads} threads at once, 1 token, ${s.kernelExperts} experts in rotation`);
   const expertFfnAllThreadsGbps = await expertFfnThroughput(ffnExperts, s.threads, s.quick);
 
-  const computedTotal = computedExperts + resident;
+  // The attention streams the K/V cache too (f16, generate's default): every layer's K and V rows of every
+  // position up to the token's own. Known once a row has encoded the prompt; the same for every row.
+  let kvCache = 0;
+  const kvBytesPerToken = (promptTokens: number): number => {
+    const meanPositions = promptTokens + s.warmupTokens + (s.timedTokens + 1) / 2;
+    return shape.nLayer * 2 * shape.nEmbd * 2 * meanPositions; // nHeadKv x headDim = nEmbd here (no GQA)
+  };
   const runs: [number, DecodeRow['io'], boolean][] = [
     ...s.ramCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', false]),
     ...s.prefetchPercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'direct', true]),
@@ -678,7 +684,8 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     const globalBw = (direct || pageCache === 'cold' ? directRead.gbps : pageCacheRead.gbps)?.median ?? Infinity;
     const bw = Number.isFinite(combined) ? combined : globalBw;
     const readBoundMs = r.bytesReadPerToken / (bw * 1e9) * 1000;
-    const computeBoundMs = computedTotal / (ffn.median * 1e9) * 1000;
+    kvCache = kvBytesPerToken(r.promptTokens);
+    const computeBoundMs = (computedExperts + resident + kvCache) / (ffn.median * 1e9) * 1000;
     const boundMs = Math.max(readBoundMs, computeBoundMs);
     return { ...r, ...(pageCache ? { pageCache } : {}), readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs,
       rowReadGbps: { before: gbpsOf(before), after: gbpsOf(after), slices: slices.map(gbpsOf), combined },
@@ -687,7 +694,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
   return {
     model: { path: model.path, fileBytes: model.bytes, created: model.created, generateSeconds: model.seconds, shape, note },
     threads: s.threads, expertBytes,
-    computedBytesPerToken: { experts: computedExperts, resident, total: computedTotal },
+    computedBytesPerToken: { experts: computedExperts, resident, kvCache, total: computedExperts + resident + kvCache },
     pageCacheDrop: dropError === null ? 'dropped (echo 1 > /proc/sys/vm/drop_caches)' : `not permitted: ${dropError}`,
     probeSliceEveryTokens: s.probeSliceEveryTokens,
     sequentialColdRead, directRead, pageCacheRead, expertFfnGbps, expertFfnAllThreadsGbps, rows, loadAverage: { before: loadBefore, after: loadavg()[0]! },
@@ -710,7 +717,7 @@ export function offloadTable(r: OffloadBenchResult): string {
     `page-cache read:  ${bwLine(r.pageCacheRead)} (${r.pageCacheRead.what}; information only: page-cache rows are decoded cold)`,
     `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] one thread alone (gate+up+down matmuls, 1 token, experts from RAM)`,
     `                  ${f(r.expertFfnAllThreadsGbps.median)} GB/s [${f(r.expertFfnAllThreadsGbps.min)}..${f(r.expertFfnAllThreadsGbps.max)}] ${r.threads} threads at once, together (${f(r.expertFfnAllThreadsGbps.median / r.expertFfnGbps.median)}x one thread: they share the memory bus)`,
-    `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output)`,
+    `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output) + KV cache ${mb(r.computedBytesPerToken.kvCache)} (f16 K and V the attention reads, mean over the timed tokens)`,
     'bound = max(read MB/token / the row\'s bound GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
     'row GB/s = the decode\'s read path (O_DIRECT or buffered, as the row) probed right before / during / right after that row: during = slices of',
     `k experts read after every ${r.probeSliceEveryTokens} timed tokens, outside the token timing (harmonic mean); bound GB/s = all their bytes / all their time, the read bound's rate`,
