@@ -2,7 +2,7 @@
 // (src/trace/FORMAT.md) that `report` and `simulate` read.
 //
 //   const trace = startTrace(o.trace, { tiers: true });      // before loadModel
-//   loadModel(path, { ..., onRoute: trace?.onRoute, offload: { ..., onServe: trace?.onServe } });
+//   loadModel(path, { ..., onRoute: trace?.onRoute, offload: { ..., onServe: trace?.onServe, onPrefetch: trace?.onPrefetch } });
 //   trace?.begin(path, promptIds);                           // once the prompt is tokenized
 //   ... generate ...
 //   trace?.close();                                          // on success: PATH.partial -> PATH
@@ -36,6 +36,11 @@ export class CliTrace {
    */
   readonly onServe = (layer: number, expert: number, tier: Tier, stallUs: number, rows?: ArrayLike<number>): void => {
     this.recorder?.serveExpert(layer, expert, tier, stallUs, rows);
+  };
+
+  /** OffloadOptions.onPrefetch: what prefetch did for expert `expert` of block `layer` in the current batch. */
+  readonly onPrefetch = (layer: number, expert: number, read: boolean): void => {
+    this.recorder?.prefetch(layer, expert, read);
   };
 
   /** Opens PATH.partial with the model's header and the prompt's token ids. */

@@ -8,7 +8,10 @@
 //             "tier":[["gpu"|"ram"|"disk" x k] x L],"stall_us":[[..] x L]}
 //
 // experts[l] is layer l's selection in router order; weights, tier and stall_us (optional) have the same
-// shape. batch (optional) is the index of the eval call that processed the token within its sequence. The plain import layout (import.ts) is the same token lines without the header.
+// shape. batch (optional) is the index of the eval call that processed the token within its sequence.
+// prefetched / prefetch_cached (optional): per layer, the ids prefetch read / found cached during the
+// token's batch (the same on every line of a batch). The plain import layout (import.ts) is the same
+// token lines without the header.
 //
 // Streaming and crash safety: the writer appends to FILE.partial and renames it to FILE on close(). The
 // lines are compressed in batches, each batch a complete gzip member (a gzip file may be a series of
@@ -27,7 +30,17 @@ export type { TokenRecord, Tier } from './import.js';
 export interface TraceTokenRecord extends TokenRecord {
   /** Index of the eval call (batch) that processed this token, within its sequence: 0 = the prompt. */
   batch?: number;
+  /**
+   * Per MoE layer, the experts the live cache started reading for that layer (prefetch) during this
+   * token's batch, before the layer's lookups. The same on every line of a batch; absent: none.
+   */
+  prefetched?: number[][];
+  /** Per MoE layer, the experts prefetch asked for that were already cached (it only marked them recently used). */
+  prefetch_cached?: number[][];
 }
+
+/** The optional per-layer id lists a token line may carry besides "experts". */
+export const PREFETCH_FIELDS = ['prefetched', 'prefetch_cached'] as const;
 
 export const TRACE_FORMAT = 'moe-offload-trace';
 export const TRACE_VERSION = 1;
@@ -208,7 +221,24 @@ function parseTraceTokenLine(obj: unknown, where: string): TraceTokenRecord {
     }
     rec.batch = batch;
   }
+  for (const name of PREFETCH_FIELDS) {
+    const v = (obj as Record<string, unknown>)[name];
+    if (v !== undefined) rec[name] = parseLayerIdLists(v, rec.experts.length, name, where);
+  }
   return rec;
+}
+
+/** One array of expert ids (non-negative integers, any count) per layer. */
+function parseLayerIdLists(v: unknown, layers: number, name: string, where: string): number[][] {
+  const hint = `"${name}" must hold one array of expert ids per MoE layer (${layers}), e.g. [[12, 40], [], ...]; leave it out if unknown`;
+  if (!Array.isArray(v) || v.length !== layers) throw new UsageError(`${where}: "${name}" must have one array per layer (${layers})`, hint);
+  v.forEach((row, l) => {
+    if (!Array.isArray(row)) throw new UsageError(`${where}: "${name}"[${l}] is ${JSON.stringify(row)}, not an array of expert ids`, hint);
+    row.forEach((x, j) => {
+      if (typeof x !== 'number' || !Number.isInteger(x) || x < 0) throw new UsageError(`${where}: "${name}"[${l}][${j}] is ${JSON.stringify(x)}, not an expert id`, hint);
+    });
+  });
+  return v as number[][];
 }
 
 function isHeader(obj: unknown): obj is TraceHeader {

@@ -7,6 +7,7 @@
 //   const rec = openTraceRecorder(path, readTraceModelInfo(modelPath), promptIds);
 //   loadModel(modelPath, { onRoute: rec.route })            // routing
 //   rec.serveExpert(layer, expert, tier, stallUs, rows?)    // optional: where each expert came from
+//   rec.prefetch(layer, expert, read)                       // optional: OffloadOptions.onPrefetch
 //   rec.close()                                             // renames PATH.partial to PATH
 //
 // One sequence at a time (onRoute does not say which sequence a token belongs to); nextSequence() starts
@@ -124,6 +125,8 @@ export class TraceRecorder {
   private readonly batchPositions: number[][];
   /** An event other than a first-layer route happened since the last first-layer route: the next one starts a batch. */
   private batchMoved = false;
+  /** The current batch's prefetches per trace layer (read, and found cached); null until the batch has one. */
+  private batchPrefetch: { read: number[][]; cached: number[][] } | null = null;
   /** The current batch's index in the sequence (its eval call): written as "batch" on token lines. */
   private batch = 0;
   private closed = false;
@@ -214,6 +217,20 @@ export class TraceRecorder {
     } else for (const p of [...positions]) this.serve(layer, p, expert, tier, stallUs);
   }
 
+  /**
+   * OffloadOptions.onPrefetch: during the current batch, prefetch started reading expert `expert` of
+   * block `layer` (read) or found it already cached (!read). Written on the batch's token lines as
+   * "prefetched" / "prefetch_cached" of that layer.
+   */
+  prefetch(layer: number, expert: number, read: boolean): void {
+    if (this.closed) return;
+    const l = this.layerOf[layer] ?? -1;
+    if (l < 0) return;
+    this.batchMoved = true;
+    this.batchPrefetch ??= { read: Array.from({ length: this.nLayers }, () => []), cached: Array.from({ length: this.nLayers }, () => []) };
+    (read ? this.batchPrefetch.read : this.batchPrefetch.cached)[l]!.push(expert);
+  }
+
   /** Ends the current sequence (its tokens are written) and starts numbering the next one. */
   nextSequence(): void {
     this.endBatch();
@@ -241,6 +258,7 @@ export class TraceRecorder {
     for (const t of this.pending.values()) this.write(t);
     this.pending.clear();
     for (const rows of this.batchPositions) rows.length = 0;
+    this.batchPrefetch = null;
   }
 
   /** Writes tokens from the front of the queue while they are complete (keeps lines in position order). */
@@ -258,6 +276,11 @@ export class TraceRecorder {
     if (t.tier && t.unserved === 0) {
       rec.tier = t.tier as Tier[][];
       rec.stall_us = t.stallUs!;
+    }
+    // Prefetches of the batch all come before its tokens are complete (each layer's before its routing).
+    if (this.batchPrefetch && t.batch === this.batch) {
+      rec.prefetched = this.batchPrefetch.read.map((ids) => [...ids]);
+      rec.prefetch_cached = this.batchPrefetch.cached.map((ids) => [...ids]);
     }
     this.sink.token(rec);
     this.tokensWritten++;
