@@ -96,7 +96,7 @@ async function runGenerate(o: GenerateOptions): Promise<void> {
   const trace = startTrace(o.trace, { tiers: true });
   const model = await loadModel(o.model, {
     threads: o.threads, kvType: o.kvType, onRoute: trace?.onRoute,
-    offload: { ramCache: o.ramCache, directIo: o.directIo, prefetch: o.prefetch, threads: o.threads, onServe: trace?.onServe },
+    offload: { ramCache: o.ramCache, directIo: o.directIo, prefetch: o.prefetch, threads: o.threads, onServe: trace?.onServe, onPrefetch: trace?.onPrefetch },
   });
   try {
     const tok = model.tokenizer;

@@ -30,6 +30,12 @@ export interface OffloadOptions {
   prefetch?: boolean;
   /** Told, per expert job, which tier served it and how long it waited (trace recording: CliTrace.onServe). */
   onServe?: ServeHook;
+  /**
+   * Told, per expert prefetch() asked the cache for, what came of it (trace recording: CliTrace.onPrefetch):
+   * read true when a read started, false when the expert was already cached (only marked recently used).
+   * Not called when nothing happened (no slot could be freed).
+   */
+  onPrefetch?: (layer: number, expert: number, read: boolean) => void;
 }
 
 /** Bytes all experts take in the cache: every (layer, expert) in a slot (matrices padded to 64 bytes). */
@@ -71,6 +77,7 @@ export class ExpertOffload implements ExpertRunner {
   private readonly reader: ExpertReader;
   /** OffloadOptions.prefetch: whether prefetch() reads anything (the engine predicts only when it is set). */
   readonly prefetching: boolean;
+  private readonly onPrefetch: OffloadOptions['onPrefetch'];
   private closed = false;
 
   constructor(path: string, locator: ExpertLocator, opts: OffloadOptions = {}) {
@@ -90,6 +97,7 @@ export class ExpertOffload implements ExpertRunner {
     let expertsInFile = 0;
     for (let l = 0; l < locator.layers; l++) if (locator.hasExperts(l)) expertsInFile += locator.expertCount;
     this.prefetching = opts.prefetch ?? this.cache.capacity < expertsInFile;
+    this.onPrefetch = opts.onPrefetch;
     this.pool = new ExpertPool({ threads: opts.threads ?? 1 });
     this.dispatcher = new ExpertDispatcher({ cache: this.cache, reader, pool: this.pool, locator, stats: this.statsKeeper,
       ...(opts.onServe ? { onServe: opts.onServe } : {}) });
@@ -111,7 +119,11 @@ export class ExpertOffload implements ExpertRunner {
   prefetch(layer: number, experts: readonly number[]): void {
     if (!this.prefetching || this.closed) return;
     const take = Math.ceil(experts.length * PREFETCH_SHARE);
-    for (const e of experts.slice(0, take)) this.cache.prefetch(layer, e, (entry) => this.reader.load(entry), [layer]);
+    for (const e of experts.slice(0, take)) {
+      const cached = this.onPrefetch !== undefined && this.cache.has(layer, e);
+      const read = this.cache.prefetch(layer, e, (entry) => this.reader.load(entry), [layer]);
+      if (read || cached) this.onPrefetch?.(layer, e, read);
+    }
   }
 
   /** Waits for worker tasks that outlived their layer; throws what failed among them (the engine calls it after each evaluation). */
