@@ -7,7 +7,7 @@ import { GGMLType, GGML_TYPE_INFO, typeName } from '../src/model/ggml-types.js';
 import {
   bf16ToF32, canDequantize, canQuantize, dequantize, f16ToF32, f32ToBf16, f32ToF16, quantize,
 } from '../src/model/quant/index.js';
-import { cpuFeatures, kernelPath, matmul, setKernelPath, sumBytes } from '../src/native/index.js';
+import { cpuFeatures, kernelPath, matmul, matmulSameInput, setKernelPath, sumBytes } from '../src/native/index.js';
 import { mulberry32 as rng } from '../src/engine/prng.js';
 
 const TYPES: GGMLType[] = [
@@ -388,4 +388,28 @@ test('cpuFeatures and the chosen kernel path agree', () => {
   // 'avx512' also needs AVX-512 VL/BW/VNNI, which cpuFeatures does not list: accept either SIMD path there.
   if (avx2 && f.avx512) assert.ok(['avx512', 'avx2'].includes(kernelPath()));
   else assert.equal(kernelPath(), avx2 ? 'avx2' : 'portable');
+});
+
+test('matmulSameInput gives each product the bits matmul gives it (mixed types, odd row counts, 1-4 threads)', () => {
+  const rand = rng(4242);
+  const cols = 512;
+  const specs: [GGMLType, number][] = [[GGMLType.Q4_0, 200], [GGMLType.Q8_0, 37], [GGMLType.Q4_K, 96], [GGMLType.Q6_K, 130], [GGMLType.F16, 17], [GGMLType.F32, 33]];
+  const weights = specs.map(([type, rows]) => ({ type, rows, w: quantize(type, normals(rows * cols, rand, 0.5)) }));
+  for (const nTokens of [1, 5]) {
+    const x = normals(nTokens * cols, rand);
+    const want = weights.map(({ type, rows, w }) => {
+      const out = new Float32Array(nTokens * rows);
+      matmul(type, w, rows, cols, x, nTokens, out, 1);
+      return out;
+    });
+    for (const threads of [1, 2, 3, 4]) {
+      const outs = weights.map(({ rows }) => new Float32Array(nTokens * rows));
+      matmulSameInput(weights.map(({ type, rows, w }, i) => ({ type, w, rows, out: outs[i]! })), x, cols, nTokens, threads);
+      outs.forEach((o, i) => assert.deepEqual(o, want[i], `${typeName(specs[i]![0])} x ${nTokens} tokens, ${threads} threads`));
+    }
+  }
+  const one = weights[0]!;
+  assert.throws(() => matmulSameInput([{ type: one.type, w: one.w, rows: one.rows + 1, out: new Float32Array(one.rows + 1) }], normals(cols, rand), cols, 1), RangeError);
+  assert.throws(() => matmulSameInput([{ type: one.type, w: one.w, rows: one.rows, out: new Float32Array(3) }], normals(cols, rand), cols, 1), RangeError);
+  assert.throws(() => matmulSameInput([{ type: 99 as GGMLType, w: one.w, rows: 1, out: new Float32Array(1) }], normals(cols, rand), cols, 1), RangeError);
 });

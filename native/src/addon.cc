@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -134,6 +135,80 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Several products of one input (attention q, k, v): the input converted once per activation type, and
+// all their rows split into chunks of one pool job, so the threads meet once instead of once per product.
+struct ManyChunk { int matrix, r0, r1; };
+struct ManyTask {
+  std::vector<RowsKernel> kernels;
+  std::vector<Job> jobs;
+  std::vector<ManyChunk> chunks;
+};
+
+void runManyChunk(void* ctx, int chunk) {
+  const ManyTask& t = *(const ManyTask*)ctx;
+  const ManyChunk& c = t.chunks[(size_t)chunk];
+  t.kernels[(size_t)c.matrix](t.jobs[(size_t)c.matrix], c.r0, c.r1);
+}
+
+// matmulSameInput(types: number[], ws: Uint8Array[], rows: number[], outs: Float32Array[], x: Float32Array,
+//                 cols, nTokens, threads): outs[i] = ws[i] . x, as matmul gives each (the same bits).
+Napi::Value MatmulSameInput(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 8 || !info[0].IsArray() || !info[1].IsArray() || !info[2].IsArray() || !info[3].IsArray()) {
+    return throwType(env, "matmulSameInput: expected (types[], ws[], rows[], outs[], x, cols, nTokens, threads)");
+  }
+  Napi::Array types = info[0].As<Napi::Array>(), ws = info[1].As<Napi::Array>(), rowsArr = info[2].As<Napi::Array>(),
+              outs = info[3].As<Napi::Array>();
+  const uint32_t m = types.Length();
+  if (ws.Length() != m || rowsArr.Length() != m || outs.Length() != m) return throwRange(env, "matmulSameInput: the four arrays differ in length");
+  int64_t cols, nTokens, threads;
+  const float* x;
+  size_t xLen;
+  if (!typedArray(env, info[4], napi_float32_array, &x, &xLen)) return throwType(env, "matmulSameInput: x must be a Float32Array");
+  if (!intArg(info[5], 1, INT32_MAX, &cols)) return throwRange(env, "matmulSameInput: cols must be a positive integer");
+  if (!intArg(info[6], 1, INT32_MAX, &nTokens)) return throwRange(env, "matmulSameInput: nTokens must be a positive integer");
+  if (!intArg(info[7], 1, 256, &threads)) return throwRange(env, "matmulSameInput: threads must be an integer from 1 to 256");
+  if (xLen / (size_t)cols < (size_t)nTokens) return throwRange(env, "matmulSameInput: x is shorter than cols x nTokens");
+  ManyTask task;
+  std::vector<ActKind> kinds;
+  std::vector<std::unique_ptr<ActBuffers>> acts;  // one conversion of x per activation type
+  int totalRows = 0;
+  for (uint32_t i = 0; i < m; i++) {
+    const std::string which = "matmulSameInput: matrix " + std::to_string(i) + ": ";
+    int64_t type, rows;
+    TypeGeometry g;
+    if (!intArg(types.Get(i), 0, 1 << 20, &type) || !typeGeometry((int)type, &g)) return throwRange(env, which + "no kernel for its type");
+    if (!intArg(rowsArr.Get(i), 1, INT32_MAX, &rows)) return throwRange(env, which + "rows must be a positive integer");
+    if (cols % g.blockSize != 0) return throwRange(env, which + "cols is not a multiple of its block size");
+    const uint8_t* w;
+    float* out;
+    size_t wBytes, outLen;
+    if (!typedArray(env, ws.Get(i), napi_uint8_array, &w, &wBytes)) return throwType(env, which + "w must be a Uint8Array");
+    if (!typedArray(env, outs.Get(i), napi_float32_array, &out, &outLen)) return throwType(env, which + "out must be a Float32Array");
+    const size_t rowBytes = (size_t)(cols / g.blockSize) * g.typeSize;
+    if (wBytes / rowBytes < (size_t)rows) return throwRange(env, which + "w is too short for its rows");
+    if (outLen / (size_t)rows < (size_t)nTokens) return throwRange(env, which + "out is too short");
+    size_t k = 0;
+    while (k < kinds.size() && kinds[k] != g.act) k++;
+    if (k == kinds.size()) {
+      kinds.push_back(g.act);
+      acts.push_back(std::make_unique<ActBuffers>(g.act, x, (int)nTokens, (int)cols));
+    }
+    task.kernels.push_back(kernelFor((int)type));
+    task.jobs.push_back(Job{w, rowBytes, (int)rows, &acts[k]->view(), out});
+    totalRows += (int)rows;
+  }
+  // As runRows: a few chunks per thread, multiples of 16 rows (the kernels' row groups stay whole).
+  constexpr int CHUNKS_PER_THREAD = 4;
+  int chunkRows = (totalRows + (int)threads * CHUNKS_PER_THREAD - 1) / ((int)threads * CHUNKS_PER_THREAD);
+  chunkRows = std::max(16, (chunkRows + 15) / 16 * 16);
+  for (uint32_t i = 0; i < m; i++) {
+    for (int r0 = 0; r0 < task.jobs[i].rows; r0 += chunkRows) task.chunks.push_back(ManyChunk{(int)i, r0, std::min(task.jobs[i].rows, r0 + chunkRows)});
+  }
+  poolRun((int)threads, (int)task.chunks.size(), runManyChunk, &task);
+  return env.Undefined();
+}
+
 Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -181,6 +256,7 @@ Napi::Value Version(const Napi::CallbackInfo& info) { return Napi::Number::New(i
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("matmulSameInput", Napi::Function::New(env, MatmulSameInput));
   exports.Set("cpuFeatures", Napi::Function::New(env, CpuFeatures));
   exports.Set("setKernelPath", Napi::Function::New(env, SetKernelPath));
   exports.Set("sumBytes", Napi::Function::New(env, SumBytes));

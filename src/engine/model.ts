@@ -379,9 +379,7 @@ class ModelSequence implements Sequence {
    */
   private attention(l: number, w: LayerWeights, xn: Float32Array, n: number, angles: readonly RopeAngles[]): Float32Array {
     const { hp, threads, architecture } = this.m;
-    const q = w.q.matmul(xn, n, threads);
-    const k = w.k.matmul(xn, n, threads);
-    const v = w.v.matmul(xn, n, threads);
+    const [q, k, v] = Weight.matmulMany([w.q, w.k, w.v], xn, n, threads) as [Float32Array, Float32Array, Float32Array];
     if (w.qBias) addRowBias(q, w.qBias);
     if (w.kBias) addRowBias(k, w.kBias);
     if (w.vBias) addRowBias(v, w.vBias);

@@ -1,6 +1,6 @@
 // A weight matrix as stored in the file (any block type) with a matmul that goes through the native
 // kernels, and small helpers to read tensors into these or into plain f32 vectors.
-import { matmul } from '../native/index.js';
+import { matmul, matmulSameInput } from '../native/index.js';
 import { bytesFor, typeName, type GGMLType } from '../model/ggml-types.js';
 import { dequantize } from '../model/quant/index.js';
 import { ModelError } from '../model/errors.js';
@@ -45,6 +45,19 @@ export class Weight {
   matmul(x: Float32Array, nTokens: number, threads: number, out = new Float32Array(nTokens * this.rows)): Float32Array {
     matmul(this.type, this.data, this.rows, this.cols, x, nTokens, out, threadsFor(this.data.byteLength * nTokens, threads));
     return out;
+  }
+
+  /**
+   * weights[i].matmul(x, nTokens, threads) for each i (the same bits), in one native call: x converted
+   * once, the threads meeting once. All must take x's width.
+   */
+  static matmulMany(weights: readonly Weight[], x: Float32Array, nTokens: number, threads: number): Float32Array[] {
+    const cols = weights[0]!.cols;
+    if (weights.some((w) => w.cols !== cols)) throw new RangeError('matmulMany: the weights take inputs of different widths');
+    const outs = weights.map((w) => new Float32Array(nTokens * w.rows));
+    const bytes = weights.reduce((a, w) => a + w.data.byteLength, 0);
+    matmulSameInput(weights.map((w, i) => ({ type: w.type, w: w.data, rows: w.rows, out: outs[i]! })), x, cols, nTokens, threadsFor(bytes * nTokens, threads));
+    return outs;
   }
 
   /** Row r decoded to f32 (token embedding lookup). */

@@ -9,6 +9,8 @@ export interface CpuFeatures { avx2: boolean; fma: boolean; f16c: boolean; avx51
 export interface Addon {
   matmul(type: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, nTokens: number,
     out: Float32Array, threads: number): void;
+  matmulSameInput(types: number[], ws: Uint8Array[], rows: number[], outs: Float32Array[], x: Float32Array,
+    cols: number, nTokens: number, threads: number): void;
   cpuFeatures(): CpuFeatures & { kernelPath: KernelPath };
   setKernelPath(path: 'auto' | 'avx2' | 'portable'): void;
   sumBytes(buf: Uint8Array): number;
@@ -64,6 +66,19 @@ export function native(): Addon {
 export function matmul(type: GGMLType, w: Uint8Array, rows: number, cols: number,
   x: Float32Array, nTokens: number, out: Float32Array, threads = 1): void {
   native().matmul(type, w, rows, cols, x, nTokens, out, threads);
+}
+
+/** One product of matmulSameInput: `rows` rows of `type` in w, written to out (as matmul writes it). */
+export interface SameInputProduct { type: GGMLType; w: Uint8Array; rows: number; out: Float32Array }
+
+/**
+ * Several products of one input x (nTokens rows of cols values), each the same bits as matmul gives it:
+ * x is converted once per vec-dot type and all the rows go to the thread pool as one job, so the
+ * threads meet once (attention's q, k and v).
+ */
+export function matmulSameInput(products: readonly SameInputProduct[], x: Float32Array, cols: number, nTokens: number, threads = 1): void {
+  native().matmulSameInput(products.map((p) => p.type), products.map((p) => p.w), products.map((p) => p.rows),
+    products.map((p) => p.out), x, cols, nTokens, threads);
 }
 
 export function cpuFeatures(): CpuFeatures {
