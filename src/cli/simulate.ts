@@ -1,12 +1,13 @@
 // `moe-offload simulate --trace T --ram-cache SIZE --policy lru|lfu|belady`: replay a routing trace
-// against one RAM cache shared by all layers; hit rates and the expert bytes the misses would read.
+// against one RAM cache shared by all layers; hit rates and the expert bytes the misses would read. With
+// --policy lru, a trace's recorded prefetches are replayed as the live cache did them (trace/simulate.ts).
 import type { Command } from 'commander';
 import { runCommand } from './run-command.js';
 import { UsageError } from '../model/errors.js';
 import { formatBytes } from '../model/bytes.js';
 import { SIZE_FORMS } from '../experts/size.js';
 import { CACHE_POLICIES, type CachePolicy } from '../trace/metrics.js';
-import { readTraceBatches, simulateTrace } from '../trace/simulate.js';
+import { readTraceBatchInfo, replayTrace } from '../trace/simulate.js';
 import { tokenCount } from '../trace/routing.js';
 import { addTraceInputOptions, loadTraceInput, type TraceInputOptions } from './report.js';
 import { checkSizeForm, parsePositiveInt, parseSizeOption } from './option-parsers.js';
@@ -26,6 +27,11 @@ export function registerSimulateCommand(program: Command): void {
     .option('--cache-experts <n>', 'RAM cache size in experts per layer (the cache holds n x layers experts) instead of bytes')
     .option('--policy <policy>', 'replacement policy: lru (the live cache), lfu, or belady (offline optimum)', 'lru')
     .addHelpText('after', `
+With --policy lru, a trace recorded by generate --trace is replayed batch by batch as the live cache saw
+it, prefetches included (generate prefetches by default when --ram-cache cannot hold every expert): hits,
+misses, bytes read and the prefetch counts then equal the live run's with the same --ram-cache. lfu and
+belady have no live counterpart and ignore recorded prefetches (a note says so).
+
 Examples:
   $ moe-offload simulate --trace run.trace.jsonl.gz --ram-cache 4GiB
   $ moe-offload simulate --trace run.trace.jsonl.gz --ram-cache 25% --policy belady --json
@@ -58,8 +64,14 @@ Examples:
         if (capacity < 1) throw new UsageError(`--ram-cache ${opts.ramCache} holds no expert (${formatBytes(slotBytes)} each)`, 'give a larger size');
       }
       capacity = Math.min(capacity, r.layers * r.experts);
-      const batches = policy === 'lru' ? await readTraceBatches(opts.trace) : null;
-      const res = simulateTrace(r, policy, capacity, expertBytes, batches);
+      const info = await readTraceBatchInfo(opts.trace);
+      const res = await replayTrace(r, policy, capacity, expertBytes, info);
+      if (info.prefetches && !res.prefetch) {
+        process.stderr.write(`note: the trace records prefetches; ${policy === 'lru' ? 'without batches they' : `--policy ${policy} has no prefetching, so they`} are not replayed: the counts are those of a run without prefetch\n`);
+      }
+      if (res.prefetch && res.prefetch.skipped > 0) {
+        process.stderr.write(`note: ${res.prefetch.skipped} recorded prefetch reads found the replayed cache in another state (the expert cached, or no slot to free): the replay differs from the live run there\n`);
+      }
       if (res.oversizedBatchLayers > 0) {
         process.stderr.write(`note: ${res.oversizedBatchLayers} batch-layers route to more distinct experts than the cache's ${capacity}; the live run does them in waves whose order depends on timing, so for them the replay is an approximation\n`);
       }
@@ -72,8 +84,12 @@ Examples:
         `trace ${opts.trace}: ${r.sequences.length} sequences, ${tokenCount(r)} tokens, ${r.layers} layers x ${r.experts} experts, top-${r.k}`,
         `cache: ${capacity} experts shared by all layers (${(capacity / r.layers).toFixed(1)} per layer)${budgetBytes !== null ? `, budget ${formatBytes(budgetBytes)}` : ''}; policy ${policy}; each sequence starts empty${res.perBatch ? '; replayed per batch, as the live cache' : ''}`,
         `hit rate: ${pct(res.hitRate.cold)} cold (cache starts empty, as a real run), ${pct(res.hitRate.warm)} warm (first uses excused while the cache has room)`,
-        `misses: ${res.misses} of ${res.accesses} expert lookups${res.bytesRead !== null ? `; bytes read: ${formatBytes(res.bytesRead)}` : ' (give --expert-bytes for bytes read)'}`,
+        `misses: ${res.misses} of ${res.accesses} expert lookups${res.bytesRead !== null ? `; bytes read: ${formatBytes(res.bytesRead)}${res.prefetch ? ' (misses and prefetches)' : ''}` : ' (give --expert-bytes for bytes read)'}`,
       ];
+      if (res.prefetch) {
+        const p = res.prefetch;
+        lines.push(`prefetch (replayed as recorded): ${p.issued} issued, ${p.used} used, ${p.wasted} wasted${p.issued > 0 ? ` (${pct(p.used / p.issued)} used)` : ''}; a used prefetch counts as a hit`);
+      }
       process.stdout.write(`${lines.join('\n')}\n`);
     }));
 }
