@@ -96,7 +96,7 @@ export function formatExpertStats(s: ExpertStatsSnapshot): string {
   const line = (cells: string[]) => cells.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
   const p = s.prefetch;
   return [
-    `experts: RAM cache ${formatBytes(s.ramCacheBytes)}, ${s.threads} worker thread${s.threads === 1 ? '' : 's'}` +
+    `experts: RAM cache ${formatBytes(s.ramCacheBytes)}, ${s.threads} compute thread${s.threads === 1 ? '' : 's'}` +
       (s.retries ? `, ${s.retries} worker task${s.retries === 1 ? '' : 's'} retried` : ''),
     line(head), ...rows.map(line),
     ...(p.issued > 0 ? [`prefetch: ${p.issued} issued, ${p.used} used, ${p.wasted} wasted, ${short(p.bytes)} read`] : []),
