@@ -2,7 +2,8 @@
 // in the live HostCache; `simulate --trace T --ram-cache X --policy lru` replays T (batch by batch, in the
 // dispatcher's access order) and must report the same hits, misses and bytes read. Budgets: everything,
 // half, and the smallest that holds each batch's distinct experts of one layer (below that, batches run
-// in timing-dependent waves and simulate only approximates).
+// in timing-dependent waves and simulate only approximates). Recorded without prefetch, and with it (the
+// trace then records each batch's prefetches, which simulate replays).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -17,6 +18,7 @@ const bin = join(repoRoot, 'bin', 'moe-offload.js');
 const PROMPT = 'The quick brown fox jumps over the lazy dog';
 
 interface LiveTotals { hits: number; misses: number; bytesRead: number }
+interface LivePrefetch { issued: number; used: number; wasted: number; bytes: number }
 
 function cli(args: string[]): string {
   const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000 });
@@ -24,10 +26,20 @@ function cli(args: string[]): string {
   return r.stdout;
 }
 
-function generate(model: string, ramCache: string, trace: string): LiveTotals {
+function generateRun(model: string, ramCache: string, trace: string, prefetch: boolean): { total: LiveTotals; prefetch: LivePrefetch } {
   const out = JSON.parse(cli(['generate', '--model', model, '--prompt', PROMPT, '--max-tokens', '12', '--temperature', '0',
-    '--threads', '1', '--ram-cache', ramCache, '--no-prefetch', '--trace', trace, '--json'])) as { stats: { experts: { total: LiveTotals } } };
-  return out.stats.experts.total;
+    '--threads', '1', '--ram-cache', ramCache, prefetch ? '--prefetch' : '--no-prefetch', '--trace', trace, '--json'])) as
+    { stats: { experts: { total: LiveTotals; prefetch: LivePrefetch } } };
+  return out.stats.experts;
+}
+
+function generate(model: string, ramCache: string, trace: string): LiveTotals {
+  return generateRun(model, ramCache, trace, false).total;
+}
+
+interface SimJson {
+  capacityExperts: number; accesses: number; hits: { cold: number }; misses: number; bytesRead: number; perBatch: boolean; oversizedBatchLayers: number;
+  prefetch: { issued: number; used: number; wasted: number; skipped: number } | null;
 }
 
 async function readTrace(path: string): Promise<{ header: TraceHeader; records: TraceTokenRecord[] }> {
@@ -74,9 +86,8 @@ for (const name of ['qwen2moe-q4_0.gguf', 'olmoe-q4_k.gguf']) {
       for (const budget of budgets) {
         const trace = join(dir, `t-${budget.replace('%', 'pct')}.gz`);
         const live = generate(model, budget, trace);
-        const sim = JSON.parse(cli(['simulate', '--trace', trace, '--ram-cache', budget, '--policy', 'lru', '--json'])) as {
-          capacityExperts: number; accesses: number; hits: { cold: number }; misses: number; bytesRead: number; perBatch: boolean; oversizedBatchLayers: number;
-        };
+        const sim = JSON.parse(cli(['simulate', '--trace', trace, '--ram-cache', budget, '--policy', 'lru', '--json'])) as SimJson;
+        assert.equal(sim.prefetch, null, 'recorded with --no-prefetch: no prefetch replayed');
         assert.ok(sim.perBatch, 'replayed per batch');
         assert.equal(sim.oversizedBatchLayers, 0, `${budget}: no batch runs in waves`);
         assert.deepEqual({ hits: sim.hits.cold, misses: sim.misses, bytesRead: sim.bytesRead },
@@ -85,6 +96,59 @@ for (const name of ['qwen2moe-q4_0.gguf', 'olmoe-q4_k.gguf']) {
         seen.add(`${live.hits}/${live.misses}`);
       }
       assert.ok(seen.size >= 2, `the budgets give different counts: ${[...seen].join(' ')}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+// With prefetching: the trace records each batch's prefetches and simulate replays them in the live order
+// (lookups, retire the layer's unused prefetches, prefetch the next layer, unpin). One thread, so the
+// experts are computed in a fixed order; the budgets hold well over one layer's experts plus the
+// prefetches, so no still-loading entry is ever the cache's victim (the one timing effect the replay
+// does not model).
+// Budgets per fixture: small enough that prefetching reads (olmoe's 16 experts at 40% leave no slot a
+// prefetch may take), large enough to hold a batch-layer's experts.
+for (const [name, budgets] of [['qwen2moe-q4_0.gguf', ['40%', '50%']], ['olmoe-q4_k.gguf', ['50%', '75%']]] as const) {
+  const model = join(repoRoot, 'fixtures', name);
+  test(`${name}: with prefetch, simulate --policy lru reproduces the live hits, misses, bytes read and prefetch counts`, { skip: !existsSync(model) && 'fixture not generated' }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'live-vs-sim-pf-'));
+    try {
+      const seen = new Set<string>();
+      for (const budget of budgets) {
+        const trace = join(dir, `t-${budget.replace('%', 'pct')}.gz`);
+        const live = generateRun(model, budget, trace, true);
+        assert.ok(live.prefetch.issued > 0, `${budget}: the live run prefetched`);
+        const { header, records } = await readTrace(trace);
+        // The recorded reads are the live run's: one list per layer, the same on every line of a batch
+        // (a batch in which prefetch did nothing has none).
+        const perBatch = new Map<string, string>();
+        assert.ok(records.some((r) => r.prefetched), 'token lines carry "prefetched"');
+        for (const r of records) {
+          assert.ok(r.prefetched === undefined || r.prefetched.length === header.layers, 'one list per layer');
+          const key = `${r.seq}/${r.batch}`;
+          const lists = JSON.stringify([r.prefetched, r.prefetch_cached]);
+          assert.equal(perBatch.get(key) ?? lists, lists, `batch ${key}: the same lists on every line`);
+          perBatch.set(key, lists);
+        }
+        const recorded = [...perBatch.values()].reduce((n, v) => n + ((JSON.parse(v) as (number[][] | undefined)[])[0] ?? []).flat().length, 0);
+        assert.equal(recorded, live.prefetch.issued, 'every started read is recorded once');
+
+        const sim = JSON.parse(cli(['simulate', '--trace', trace, '--ram-cache', budget, '--policy', 'lru', '--json'])) as SimJson;
+        assert.ok(sim.perBatch);
+        assert.equal(sim.oversizedBatchLayers, 0);
+        assert.deepEqual(
+          { hits: sim.hits.cold, misses: sim.misses, bytesRead: sim.bytesRead, prefetch: sim.prefetch },
+          { hits: live.total.hits, misses: live.total.misses, bytesRead: live.total.bytesRead,
+            prefetch: { issued: live.prefetch.issued, used: live.prefetch.used, wasted: live.prefetch.wasted, skipped: 0 } },
+          `${name} at ${budget} (${sim.capacityExperts} slots)`);
+        assert.equal(sim.accesses, live.total.hits + live.total.misses);
+        // lfu has no live counterpart and does not replay prefetches.
+        const plain = JSON.parse(cli(['simulate', '--trace', trace, '--ram-cache', budget, '--policy', 'lfu', '--json'])) as SimJson;
+        assert.equal(plain.prefetch, null);
+        seen.add(`${live.total.hits}/${live.total.misses}/${live.prefetch.used}`);
+      }
+      assert.equal(seen.size, 2, `the budgets give different counts: ${[...seen].join(' ')}`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

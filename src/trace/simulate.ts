@@ -8,6 +8,14 @@
 // a batch whose distinct experts in one layer exceed the cache's capacity (the live run does those in
 // waves whose order depends on timing; counted in `oversizedBatchLayers`). Traces without batches are
 // replayed token by token in router order.
+//
+// Prefetches (the trace's "prefetched" / "prefetch_cached", recorded when generate prefetched) are
+// replayed by replayTrace for LRU per batch, in the live order: a layer's lookups (pinned), the retiring
+// of its unused prefetches, the next layer's recorded prefetches, the unpins. The live cache can differ
+// only through timing: an entry still being read can be neither evicted nor retired at once, which the
+// replay (whose reads are all done before the next lookups) does not model; with a cache well above one
+// layer's experts plus the prefetches this does not arise (a divergence shows in the counts, and as
+// `prefetch.skipped` where a recorded read could not be redone).
 import { accessOrder, batchExperts } from '../experts/access-order.js';
 import { expertKey, HostCache, uniformExpertSizes } from '../experts/host-cache.js';
 import type { RoutingData } from './routing.js';
