@@ -185,8 +185,9 @@ and at most all experts. A budget below one layer's experts in use is an error t
 Prefetching (on by default when --ram-cache cannot hold every expert; --no-prefetch turns it off)
 guesses each next layer's experts (its router applied to the hidden state early) and reads the more
 probable half of them, mostly right, while the current layer computes, so the disk keeps reading while
-attention and routing run. The output is the same either way. simulate models the cache without it:
-to compare a live run with simulate, record the trace with --no-prefetch.
+attention and routing run. The output is the same either way. --trace records each batch's
+prefetches, and simulate --policy lru replays them: its hits, misses, bytes read and prefetch counts
+match this run's with the same --ram-cache.
 
 ${TRACE_HELP}`;
 
