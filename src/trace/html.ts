@@ -2,7 +2,7 @@
 // of a ReportData: SCH against cache size per layer, SRP against segment length, hit rate per layer
 // (and per tier when the trace recorded tiers), expert usage per layer, and the recommendation.
 import type { ReportData } from './report-data.js';
-import { recommendationText } from './report-data.js';
+import { prefetchText, recommendationText } from './report-data.js';
 
 const esc = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -151,6 +151,7 @@ table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding
 <p>${esc(t.path)}: ${t.sequences} sequences, ${t.tokens} tokens, ${t.layers} MoE layers, ${t.experts} experts, top-${t.k}${t.truncated ? ' (cut off; complete lines used)' : ''}.
 SRP/SCH as defined in arXiv 2505.16056. Warm = first uses excused while the cache has room; cold = cache starts empty. Model level = all layers pooled (one cache of C &times; layers).</p>
 <h2>Recommendation</h2><p class="rec">${esc(recommendationText(d))}</p>
+${d.prefetch ? `<h2>Prefetch</h2><p>${esc(prefetchText(d.prefetch))}</p>` : ''}
 <h2>SRP</h2><table><tr><th>m</th><th>SRP model</th><th>group size</th></tr>${srpRows}</table>
 <h2>Cache hit rates, model level</h2>
 <table><tr><th>C</th><th>LRU warm</th><th>LRU cold</th><th>LFU warm</th><th>LFU cold</th><th>MIN warm</th><th>MIN cold</th>${d.segments.map((m) => `<th>SCH(${m})</th>`).join('')}</tr>${rows}</table>

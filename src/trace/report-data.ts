@@ -1,7 +1,7 @@
 // What `moe-offload report` computes from a loaded trace, as one plain object (printed as a table, as
 // JSON, or drawn by html.ts).
 import { formatBytes } from '../model/bytes.js';
-import type { LoadedTrace, TierStats } from './load.js';
+import type { LoadedTrace, PrefetchStats, TierStats } from './load.js';
 import { tokenCount } from './routing.js';
 import {
   CACHE_POLICIES, expertUsage, lruHitRateFromReuse, lruReuse, policyHitRates, sch, srp,
@@ -49,6 +49,8 @@ export interface ReportData {
   /** usage[l][e]: tokens whose layer-l selection contains e. */
   usage: number[][];
   tiers: TierStats | null;
+  /** Prefetch accuracy (issued, used by the layer read for, wasted) when the trace records prefetches. */
+  prefetch: PrefetchStats | null;
 }
 
 export interface ReportOptions {
@@ -89,6 +91,7 @@ export function computeReport(t: LoadedTrace, opts: ReportOptions): ReportData {
     recommendation: { policy: 'lru', counting: 'cold', target: opts.targetHitRate, experts: null, expertsPerLayer: null, bytes: null, hitRate: NaN },
     usage: expertUsage(r),
     tiers: t.tiers,
+    prefetch: t.prefetch,
   };
   for (const m of opts.segments) {
     out.srp[m] = srp(r, m);
@@ -155,6 +158,14 @@ export function recommendationText(d: ReportData): string {
     `${r.experts} experts over all ${d.trace.layers} layers (about ${r.expertsPerLayer} per layer)${bytes}; it hits ${pct(r.hitRate)}`;
 }
 
+/** One line of prefetch accuracy: issued, used (selected by the layer it was read for), wasted. */
+export function prefetchText(p: PrefetchStats): string {
+  const t = p.total;
+  const share = t.issued > 0 ? ` (${(100 * t.used / t.issued).toFixed(1)}% accurate)` : '';
+  return `${t.issued} expert reads issued, ${t.used} used by the layer they were read for, ${t.wasted} wasted${share}; ` +
+    `per layer used/issued: ${p.layers.map((c) => `${c.used}/${c.issued}`).join(' ')}`;
+}
+
 export function formatReportText(d: ReportData): string {
   const t = d.trace;
   const out: string[] = [];
@@ -185,6 +196,10 @@ export function formatReportText(d: ReportData): string {
       const us = d.tiers!.stallUs.reduce((s, c) => s + c[i]!, 0);
       return `${name} ${(100 * n / all).toFixed(1)}% (stall ${(us / 1e3).toFixed(1)} ms)`;
     }).join(', '));
+  }
+  if (d.prefetch) {
+    out.push('');
+    out.push(`Prefetch: ${prefetchText(d.prefetch)}`);
   }
   out.push('');
   out.push(`Recommendation: ${recommendationText(d)}`);
