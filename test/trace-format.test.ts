@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { TraceWriter, openTrace, type TokenRecord } from '../src/trace/format.js';
+import { TraceWriter, openTrace, type TokenRecord, type TraceTokenRecord } from '../src/trace/format.js';
 import { loadTrace } from '../src/trace/load.js';
 import { FileAccessError, UnsupportedError, UsageError } from '../src/model/errors.js';
 
@@ -128,6 +128,29 @@ test('import layout: plain and gzipped, expert count from the largest id or --ex
   await assert.rejects(loadTrace(plain, { experts: 4 }), (e: unknown) => e instanceof UsageError && /expert 5/.test(e.message));
 });
 
+test('prefetched / prefetch_cached: round trip (any count per layer), absent when not written; report counts them', async () => {
+  const p = join(dir, 'prefetch.gz');
+  const w = TraceWriter.create(p, header);
+  const a = { ...record(0, 0), batch: 0, prefetched: [[], [3, 5, 1], [0]], prefetch_cached: [[], [], [2]] };
+  const b = { ...record(0, 1), batch: 1 };
+  w.token(a);
+  w.token(b);
+  w.close();
+  const { recs } = await readAll(p);
+  assert.deepEqual(recs, [a, b]);
+  assert.equal((recs[1] as TraceTokenRecord).prefetched, undefined);
+  // Accuracy: batch 0 selected (record(0, 0)) layer 1 {1, 2}, layer 2 {2, 3}: of 3, 5, 1 only 1 is used; 0 is wasted.
+  assert.deepEqual(a.experts, [[0, 1], [1, 2], [2, 3]]);
+  const loaded = await loadTrace(p);
+  assert.deepEqual(loaded.prefetch?.total, { issued: 4, used: 1, wasted: 3 });
+  assert.deepEqual(loaded.prefetch?.layers.map((c) => c.used), [0, 1, 0]);
+  const none = join(dir, 'no-prefetch.gz');
+  const w2 = TraceWriter.create(none, header);
+  w2.token(b);
+  w2.close();
+  assert.equal((await loadTrace(none)).prefetch, null, 'no prefetch recorded: no accuracy');
+});
+
 test('bad input: line numbers in errors, missing files, newer versions', async () => {
   const cases: [string, RegExp][] = [
     ['{"seq":0,"pos":0,"experts":[[0,1]]}\n{"seq":0,"pos":1,"experts":[[0,"x"]]}\n', /:2: "experts"\[0\]\[1\]/],
@@ -137,6 +160,10 @@ test('bad input: line numbers in errors, missing files, newer versions', async (
     ['{"seq":0,"pos":0,"experts":[[0,1]]}\n{"seq":0,"pos":1,"experts":[[0,1,2]]}\n', /:2: layer 0 selects 3 experts/],
     ['{"seq":0,"pos":0,"experts":[[0,1]]}\n{"seq":0,"pos":1,"experts":[[0,1],[2,3]]}\n', /:2: token has 2 layers/],
     ['{"seq":0,"pos":0,"experts":[[1,1]]}\n', /:1: layer 0 selects expert 1 twice/],
+    ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[[0],[1]]}\n', /:1: "prefetched" must have one array per layer \(1\)/],
+    ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[3]}\n', /:1: "prefetched"\[0\] is 3, not an array/],
+    ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[[2,-1]]}\n', /:1: "prefetched"\[0\]\[1\] is -1, not an expert id/],
+    ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[[]],"prefetch_cached":"x"}\n', /:1: "prefetch_cached" must have one array per layer/],
   ];
   for (const [i, [text, re]] of cases.entries()) {
     const p = join(dir, `bad-${i}.jsonl`);
