@@ -79,6 +79,33 @@ test('our trace format with tiers: header used, per-tier share in the text and t
   assert.match(page, /bytes\)/);
 });
 
+test('prefetch accuracy: issued, used by the batch-layer read for, wasted; text, --json and HTML', () => {
+  const p = join(dir, 'prefetch.trace.gz');
+  const w = TraceWriter.create(p, { model: 'tiny-moe', architecture: 'qwen3moe', layers: 2, experts: 4, k: 1, shared_experts: 0, prompt_ids: [1], expert_bytes: 1000 });
+  // Batch 0 (positions 0, 1) selects layer 1 {2, 3}: prefetched 3 (used) and 0 (wasted). Batch 1 selects
+  // layer 1 {1}: prefetched 2 (wasted: batch 0 used 2, but this batch does not). Batch 2: none.
+  const pf0 = [[], [3, 0]];
+  w.token({ seq: 0, pos: 0, batch: 0, experts: [[0], [2]], prefetched: pf0, prefetch_cached: [[], []] });
+  w.token({ seq: 0, pos: 1, batch: 0, experts: [[1], [3]], prefetched: pf0, prefetch_cached: [[], []] });
+  w.token({ seq: 0, pos: 2, batch: 1, experts: [[1], [1]], prefetched: [[], [2]], prefetch_cached: [[], [1]] });
+  w.token({ seq: 0, pos: 3, batch: 2, experts: [[1], [1]] });
+  w.close();
+  const json = cli('report', '--trace', p, '--json');
+  assert.equal(json.code, 0, json.err);
+  const d = JSON.parse(json.out) as { prefetch: { total: unknown; layers: unknown[] } };
+  assert.deepEqual(d.prefetch.total, { issued: 3, used: 1, wasted: 2 });
+  assert.deepEqual(d.prefetch.layers, [{ issued: 0, used: 0, wasted: 0 }, { issued: 3, used: 1, wasted: 2 }]);
+  const html = join(dir, 'prefetch.html');
+  const text = cli('report', '--trace', p, '--html', html);
+  assert.equal(text.code, 0, text.err);
+  assert.match(text.out, /Prefetch: 3 expert reads issued, 1 used by the layer they were read for, 2 wasted \(33\.3% accurate\)/);
+  assert.match(readFileSync(html, 'utf8'), /<h2>Prefetch<\/h2><p>3 expert reads issued/);
+  // Without prefetches in the trace: no prefetch section.
+  const plain = cli('report', '--trace', worked, '--json');
+  assert.equal((JSON.parse(plain.out) as { prefetch: unknown }).prefetch, null);
+  assert.doesNotMatch(cli('report', '--trace', worked).out, /Prefetch:/);
+});
+
 test('bad input: one line on stderr, exit 2', () => {
   const bad = join(dir, 'bad.jsonl');
   writeFileSync(bad, '{"seq":0,"pos":0,"experts":[[0,1]]}\n{"seq":0,"pos":1,"experts":[[0]]}\n');

@@ -11,7 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { GGUFFile } from '../src/model/gguf.js';
 import { loadModel } from '../src/engine/model.js';
-import { openTrace, type TokenRecord } from '../src/trace/format.js';
+import { openTrace, type TokenRecord, type TraceTokenRecord } from '../src/trace/format.js';
 import { compactF32, openTraceRecorder, readTraceModelInfo, TraceRecorder, type TokenSink } from '../src/trace/recorder.js';
 import { ggufWeights, referenceForward } from './reference/forward.js';
 
@@ -184,6 +184,41 @@ test('tier reports: per token and per expert job (batch rows), written once comp
   rec.close();
   assert.ok(sink.closed);
   assert.equal(sink.records.length, 4);
+});
+
+test('prefetch reports: per batch and MoE layer, the same lists on every line of the batch, reset each batch', () => {
+  const sink = memorySink();
+  // Blocks 0, 2 and 3 are MoE layers (trace layers 0, 1, 2).
+  const rec = new TraceRecorder(sink, [0, 2, 3]);
+  // Prompt batch (positions 0, 1): after block 0's experts start, block 2's prediction is prefetched
+  // (7 read, 1 already cached); after block 2's, block 3's (4 read).
+  rec.route(0, 0, [1, 2], [0.5, 0.5]);
+  rec.route(0, 1, [2, 3], [0.5, 0.5]);
+  rec.prefetch(2, 7, true);
+  rec.prefetch(2, 1, false);
+  rec.prefetch(1, 5, true); // block 1 is dense: ignored
+  rec.route(2, 0, [1, 7], [0.5, 0.5]);
+  rec.route(2, 1, [1, 4], [0.5, 0.5]);
+  rec.prefetch(3, 4, true);
+  rec.route(3, 0, [0, 4], [0.5, 0.5]);
+  rec.route(3, 1, [4, 5], [0.5, 0.5]);
+  assert.equal(sink.records.length, 2);
+  for (const r of sink.records) {
+    assert.deepEqual((r as TraceTokenRecord).prefetched, [[], [7], [4]]);
+    assert.deepEqual((r as TraceTokenRecord).prefetch_cached, [[], [1], []]);
+  }
+  // Decode step without prefetches: no lists. The next one has its own.
+  rec.route(0, 2, [1, 2], [0.5, 0.5]);
+  rec.route(2, 2, [1, 2], [0.5, 0.5]);
+  rec.route(3, 2, [1, 2], [0.5, 0.5]);
+  assert.equal((sink.records[2] as TraceTokenRecord).prefetched, undefined);
+  rec.route(0, 3, [1, 2], [0.5, 0.5]);
+  rec.prefetch(2, 3, true);
+  rec.prefetch(2, 6, true);
+  rec.route(2, 3, [1, 2], [0.5, 0.5]);
+  rec.route(3, 3, [1, 2], [0.5, 0.5]);
+  assert.deepEqual((sink.records[3] as TraceTokenRecord).prefetched, [[], [3, 6], []]);
+  assert.deepEqual(sink.records.map((r) => (r as TraceTokenRecord).batch), [0, 0, 1, 2]);
 });
 
 test('without tiers a token is written as soon as its last layer is routed; weights are exact float32', () => {
