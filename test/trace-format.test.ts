@@ -164,6 +164,7 @@ test('bad input: line numbers in errors, missing files, newer versions', async (
     ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[3]}\n', /:1: "prefetched"\[0\] is 3, not an array/],
     ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[[2,-1]]}\n', /:1: "prefetched"\[0\]\[1\] is -1, not an expert id/],
     ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[[]],"prefetch_cached":"x"}\n', /:1: "prefetch_cached" must have one array per layer/],
+    ['{"seq":0,"pos":0,"experts":[[0,1]],"prefetched":[[2]]}\n', /: a "prefetched" list names expert 2, but the expert count is 2/],
   ];
   for (const [i, [text, re]] of cases.entries()) {
     const p = join(dir, `bad-${i}.jsonl`);

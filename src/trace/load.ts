@@ -106,8 +106,10 @@ export async function loadTrace(path: string, opts: LoadOptions = {}): Promise<L
   let allTiered = true;
   let prefetch: PrefetchTally | null = null;
   let prefetched = false;
+  let maxPrefetchedId = -1;
   for await (const rec of t.records) {
     if (rec.prefetched) prefetched = true;
+    for (const lists of [rec.prefetched, rec.prefetch_cached]) for (const ids of lists ?? []) for (const e of ids) maxPrefetchedId = Math.max(maxPrefetchedId, e);
     prefetch ??= new PrefetchTally(rec.experts.length);
     prefetch.add(rec);
     const where = `${path}:${t.line}`;
@@ -134,6 +136,9 @@ export async function loadTrace(path: string, opts: LoadOptions = {}): Promise<L
   if (b.largestId < 0) throw new UsageError(`${path}: the trace has no tokens`, 'record or import a trace with at least one token line');
   if (experts === undefined) experts = b.largestId + 1;
   if (b.largestId >= experts) throw new UsageError(`${path}: the trace uses expert ${b.largestId} but the expert count is ${experts}`, 'give a larger --experts or leave it out');
+  if (maxPrefetchedId >= experts) {
+    throw new UsageError(`${path}: a "prefetched" list names expert ${maxPrefetchedId}, but the expert count is ${experts}`, 'the trace is damaged; re-record it, or give a larger --experts');
+  }
   const prefetchStats = prefetch?.finish() ?? null;
   return { path, header: t.header, routing: b.finish(experts), tiers: allTiered ? tiers : null, prefetch: prefetched ? prefetchStats : null, truncated: t.truncated };
 }
