@@ -233,6 +233,32 @@ test('releasing one pool\'s lent workers leaves another pool\'s lent', async () 
   assert.equal(threadLending.lentNow(), 0);
 });
 
+test('lend and release cycles of two pools interleaved with batches on 1-4 threads: every batch right, nothing hangs', { timeout: 30_000 }, async () => {
+  const a = new ExpertPool({ threads: 2 });
+  const b = new ExpertPool({ threads: 3 });
+  const failures: unknown[] = [];
+  try {
+    const until = performance.now() + 1500;
+    for (let cycle = 0; performance.now() < until; cycle++) {
+      const p = cycle % 2 === 0 ? a : b;
+      p.lendWorkers((err) => failures.push(err));
+      for (let k = 0; k < 6; k++) {
+        const batch = expertsBatch(4, 900 + k);
+        computeBatch(batch.task, 1 + ((cycle + k) % 4));
+        batch.check();
+        if (k === cycle % 6) await new Promise((r) => setImmediate(r)); // lets lends and releases land mid-cycle
+      }
+      if (cycle % 3 === 0) p.parkServingWhenIdle(0);
+      if (cycle % 5 === 0) await new Promise((r) => setTimeout(r, 1));
+    }
+  } finally {
+    await a.close();
+    await b.close();
+  }
+  assert.equal(failures.length, 0);
+  assert.equal(threadLending.lentNow(), 0);
+});
+
 test('a closed pool rejects new tasks', async () => {
   const p = new ExpertPool({ threads: 1 });
   await p.close();
