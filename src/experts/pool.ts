@@ -87,7 +87,8 @@ export class ExpertPool {
       lane.lend(release, faulty ? fault.kind : undefined).catch((first: unknown) => {
         if (this.closed) return;
         this.retries++;
-        // A fresh worker in the dead one's place (if the pool released its workers meanwhile, it returns at once).
+        // A fresh worker in the dead one's place. (A worker that ends after its pool released it counts as
+        // stopped, not failed: ServingLane.end; so this runs while the pool is lent, and the release stops it.)
         const again = this.serving()[i]!;
         again.lend(release, faulty && fault.attempts >= 2 ? fault.kind : undefined).catch((second: unknown) => {
           if (!this.closed) onFailure(failedTwice('the layers\' experts (a serving worker lent to the thread pool)', first, second));
