@@ -376,6 +376,32 @@ test('Q4_0: the AVX-512 VNNI path (auto where the CPU has it) gives the AVX2 pat
   setKernelPath('auto');
 });
 
+test('Q4_0: several tokens give each token the bits of a one-token product (1-9 tokens, odd shapes, 1 and 3 threads)', () => {
+  // The multi-token path shares each unpacked weight group between tokens but must keep every (row, token)
+  // output's float operations, so results cannot depend on nTokens, the tiling or the thread split.
+  const rand = rng(29);
+  const shapes = [[13, 32 * 7], [7, 256 * 2 + 96], [11, 256 * 5], [3, 256], [9, 4096 + 256 + 64]] as const;
+  for (const path of ['auto', 'avx2'] as const) {
+    setKernelPath(path);
+    for (const [rows, cols] of shapes) {
+      const w = randomWeights(GGMLType.Q4_0, rows, cols, rand);
+      const x = normals(9 * cols, rand);
+      const single: Float32Array[] = [];
+      for (let t = 0; t < 9; t++) single.push(run(GGMLType.Q4_0, w, rows, cols, x.subarray(t * cols, (t + 1) * cols), 1));
+      for (let nTokens = 1; nTokens <= 9; nTokens++) {
+        for (const threads of [1, 3]) {
+          const out = run(GGMLType.Q4_0, w, rows, cols, x.subarray(0, nTokens * cols), nTokens, threads);
+          for (let t = 0; t < nTokens; t++) {
+            assert.ok(sameBits(out.subarray(t * rows, (t + 1) * rows), single[t]!),
+              `${path} rows=${rows} cols=${cols} nTokens=${nTokens} threads=${threads} token ${t}`);
+          }
+        }
+      }
+    }
+  }
+  setKernelPath('auto');
+});
+
 test('cpuFeatures and the chosen kernel path agree', () => {
   const f = cpuFeatures();
   for (const k of ['avx2', 'fma', 'f16c', 'avx512'] as const) assert.equal(typeof f[k], 'boolean');

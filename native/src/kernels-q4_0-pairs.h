@@ -117,6 +117,22 @@ Q4P_FN inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
   return _mm_unpacklo_ps(_mm256_castps256_ps128(h2), _mm256_extractf128_ps(h2, 1));
 }
 
+// The blocks past the last full group (cols not a multiple of 256) of one row times token t, one at a
+// time, added to the row's reduced sum. Every path ends with this same function.
+Q4P_FN inline float addTailBlocks(const uint8_t* row, const PreparedAct& p, const Act& a, size_t t, float sum) {
+  for (int b = 8 * p.groups; b < a.blocks; b++) {
+    const uint8_t* blk = row + 18 * b;
+    const size_t ab = t * a.blocks + b;
+    const int8_t* yb = a.qs + ab * 32;
+    int sumi = a.q4Offset[ab];
+    for (int i = 0; i < 16; i++) sumi += (blk[2 + i] & 0xF) * yb[i] + (blk[2 + i] >> 4) * yb[i + 16];
+    uint16_t h;
+    std::memcpy(&h, blk, 2);
+    sum += (float)sumi * (_cvtsh_ss(h) * a.d[ab]);
+  }
+  return sum;
+}
+
 // R consecutive rows (starting at w, rowBytes apart) times token t, into out[0..R): per group the rows
 // share the activation loads, and at the end one horizontal reduction. Every row's arithmetic is the
 // same whatever R is, so results do not depend on how rows are tiled or split between threads.
@@ -155,40 +171,118 @@ Q4P_FN void dotRows(const uint8_t* w, size_t rowBytes, const PreparedAct& p, con
   }
   float sums[4];
   _mm_storeu_ps(sums, reduce4(acc[0], acc[R > 1 ? 1 : 0], acc[R > 2 ? 2 : 0], acc[R > 3 ? 3 : 0]));
-  for (int r = 0; r < R; r++) {
-    float sum = sums[r];
-    // Blocks past the last full group (cols not a multiple of 256), one at a time.
-    for (int b = 8 * groups; b < a.blocks; b++) {
-      const uint8_t* blk = w + r * rowBytes + 18 * b;
-      const size_t ab = t * a.blocks + b;
-      const int8_t* yb = a.qs + ab * 32;
-      int sumi = a.q4Offset[ab];
-      for (int i = 0; i < 16; i++) sumi += (blk[2 + i] & 0xF) * yb[i] + (blk[2 + i] >> 4) * yb[i + 16];
-      uint16_t h;
-      std::memcpy(&h, blk, 2);
-      sum += (float)sumi * (_cvtsh_ss(h) * a.d[ab]);
+  for (int r = 0; r < R; r++) out[r] = addTailBlocks(w + r * rowBytes, p, a, t, sums[r]);
+}
+
+// R consecutive rows times T consecutive tokens (t0..t0+T), out[t * outStride + r]: each weight group is
+// loaded, unpacked and its scales converted once per row and then applied to every token of the tile.
+// Each (row, token) output goes through exactly dotRows' operations (the same pairDot, hadds, offset,
+// scale product, FMA into its own accumulator, reduce4 lane and tail blocks), so it has dotRows' bits.
+template <int R, int T>
+Q4P_FN void dotTile(const uint8_t* w, size_t rowBytes, const PreparedAct& p, const Act& a, size_t t0, float* out,
+                    size_t outStride) {
+  const int groups = p.groups;
+  const int8_t* y = p.qs.data() + t0 * groups * 256;
+  const float* yd = p.d.data() + t0 * groups * 8;
+  const int32_t* off = p.off.data() + t0 * groups * 8;
+  const size_t tokenQs = (size_t)groups * 256, tokenScales = (size_t)groups * 8;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[R][T];
+  for (int r = 0; r < R; r++)
+    for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+  for (int g = 0; g < groups; g++) {
+    for (int r = 0; r < R; r++) {
+      const uint8_t* grp = w + r * rowBytes + 144 * g;
+      for (int line = 0; line < 144; line += 64) _mm_prefetch((const char*)grp + PREFETCH_AHEAD + line, _MM_HINT_T1);
     }
-    out[r] = sum;
+    for (int r = 0; r < R; r++) {
+      const uint8_t* grp = w + r * rowBytes + 144 * g;
+      __m256i lo[4], hi[4];
+      for (int i = 0; i < 4; i++) {
+        const uint8_t* blk = grp + 36 * i;
+        const __m256i v = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(blk + 2))), _mm_loadu_si128((const __m128i*)(blk + 20)), 1);
+        lo[i] = _mm256_and_si256(v, m4);
+        hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      }
+      const __m256 ws = weightScales(grp);
+      for (int t = 0; t < T; t++) {
+        const int8_t* yg = y + t * tokenQs + 256 * g;
+        __m256i s[4];
+        for (int i = 0; i < 4; i++) {
+          s[i] = pairDot(lo[i], hi[i], _mm256_loadu_si256((const __m256i*)(yg + 64 * i)),
+                         _mm256_loadu_si256((const __m256i*)(yg + 64 * i + 32)));
+        }
+        __m256i totals = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+        totals = _mm256_add_epi32(totals, _mm256_loadu_si256((const __m256i*)(off + t * tokenScales + 8 * g)));
+        const __m256 scale = _mm256_mul_ps(ws, _mm256_loadu_ps(yd + t * tokenScales + 8 * g));
+        acc[r][t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(totals), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    for (int t = 0; t < T; t += 4) {
+      float sums[4];
+      _mm_storeu_ps(sums, reduce4(acc[r][t], acc[r][t + 1 < T ? t + 1 : t], acc[r][t + 2 < T ? t + 2 : t],
+                                  acc[r][t + 3 < T ? t + 3 : t]));
+      for (int k = 0; k < 4 && t + k < T; k++) {
+        out[(t + k) * outStride + r] = addTailBlocks(w + r * rowBytes, p, a, t0 + t + k, sums[k]);
+      }
+    }
   }
 }
 
-// Short rows 4 at a time (sharing activation loads and reductions), long rows one at a time (their
-// activation no longer fits L1 next to 4 weight streams); in tiles of 8 rows, each tile kept in cache
-// while every token passes over it.
+// Tile sizes of the multi-token path (measured): TILE_TOKENS tokens share each unpacked weight group;
+// short rows go TILE_ROWS at a time, long rows one at a time.
+#ifndef Q4P_TILE_ROWS
+#define Q4P_TILE_ROWS (Q4P_VNNI ? 2 : 1)
+#endif
+#ifndef Q4P_TILE_TOKENS
+#define Q4P_TILE_TOKENS 4
+#endif
+
+// R rows times the tokens [t0, t1), TILE_TOKENS at a time and the rest in one smaller tile.
+template <int R>
+Q4P_FN void dotTokens(const uint8_t* w, size_t rowBytes, const PreparedAct& p, const Act& a, int t0, int t1,
+                      float* out, size_t outStride) {
+  constexpr int TT = Q4P_TILE_TOKENS;
+  int t = t0;
+  for (; t + TT <= t1; t += TT) dotTile<R, TT>(w, rowBytes, p, a, t, out + (size_t)t * outStride, outStride);
+  float* o = out + (size_t)t * outStride;
+  switch (t1 - t) {
+    case 1: dotTile<R, 1>(w, rowBytes, p, a, t, o, outStride); break;
+    case 2: dotTile<R, 2>(w, rowBytes, p, a, t, o, outStride); break;
+    case 3: dotTile<R, 3>(w, rowBytes, p, a, t, o, outStride); break;
+    case 4: dotTile<R, 4>(w, rowBytes, p, a, t, o, outStride); break;
+    default: break;
+  }
+}
+
+// One token: short rows 4 at a time (sharing activation loads and reductions), long rows one at a time
+// (their activation no longer fits L1 next to 4 weight streams). Several tokens: tiles of rows x tokens
+// sharing the weight unpacking. Both in tiles of 8 rows, each tile kept in cache while every token
+// passes over it.
 Q4P_FN void rows(const Job& job, int r0, int r1) {
   const Act& a = *job.act;
   const PreparedAct p(a);
   const bool longRows = a.cols >= LONG_ROW;
+  const size_t stride = (size_t)job.rows;
   for (int rt = r0; rt < r1; rt += 8) {
     const int re = rt + 8 < r1 ? rt + 8 : r1;
-    for (int t = 0; t < a.nTokens; t++) {
-      float* out = job.out + (size_t)t * job.rows;
+    if (a.nTokens == 1) {
       int r = rt;
       if (!longRows) {
-        for (; r + 4 <= re; r += 4) dotRows<4>(job.w + (size_t)r * job.rowBytes, job.rowBytes, p, a, (size_t)t, out + r);
+        for (; r + 4 <= re; r += 4) dotRows<4>(job.w + (size_t)r * job.rowBytes, job.rowBytes, p, a, 0, job.out + r);
       }
-      for (; r < re; r++) dotRows<1>(job.w + (size_t)r * job.rowBytes, job.rowBytes, p, a, (size_t)t, out + r);
+      for (; r < re; r++) dotRows<1>(job.w + (size_t)r * job.rowBytes, job.rowBytes, p, a, 0, job.out + r);
+      continue;
     }
+    constexpr int TR = Q4P_TILE_ROWS;
+    int r = rt;
+    if (!longRows && TR > 1) {
+      for (; r + TR <= re; r += TR) dotTokens<TR>(job.w + (size_t)r * job.rowBytes, job.rowBytes, p, a, 0, a.nTokens, job.out + r, stride);
+    }
+    for (; r < re; r++) dotTokens<1>(job.w + (size_t)r * job.rowBytes, job.rowBytes, p, a, 0, a.nTokens, job.out + r, stride);
   }
 }
 
