@@ -31,13 +31,16 @@ constexpr int PREFETCH_AHEAD = 8192;
 constexpr int LONG_ROW = 4096;  // values
 
 struct PreparedAct {
-  std::vector<int8_t> qs;    // per token and group: 4 pairs x [b 0-15, b+1 0-15, b 16-31, b+1 16-31]
+  std::vector<int8_t> qs;    // per token (tokenQs apart) and group: 4 pairs x [b 0-15, b+1 0-15, b 16-31, b+1 16-31]
   std::vector<float> d;      // per token and group: activation scales in GROUP_ORDER
   std::vector<int32_t> off;  // likewise the -8 * sum(quants) offsets
   int groups;
+  // Bytes from one token's quants to the next: one cache line more than they take, so that the tokens of
+  // a tile do not all fall into the same L1 sets when a row is a multiple of 4 KiB (long rows).
+  size_t tokenQs;
 
-  explicit PreparedAct(const Act& a) : groups(a.blocks / 8) {
-    qs.resize((size_t)a.nTokens * groups * 256);
+  explicit PreparedAct(const Act& a) : groups(a.blocks / 8), tokenQs((size_t)groups * 256 + 64) {
+    qs.resize((size_t)a.nTokens * tokenQs);
     d.resize((size_t)a.nTokens * groups * 8);
     off.resize(d.size());
     for (int t = 0; t < a.nTokens; t++) {
@@ -45,7 +48,7 @@ struct PreparedAct {
         const size_t src = (size_t)t * a.blocks + 8 * g, dst = ((size_t)t * groups + g) * 8;
         for (int i = 0; i < 4; i++) {
           const int8_t* y = a.qs + (src + 2 * i) * 32;
-          int8_t* o = qs.data() + dst * 32 + 64 * i;
+          int8_t* o = qs.data() + t * tokenQs + (size_t)g * 256 + 64 * i;
           std::memcpy(o, y, 16);
           std::memcpy(o + 16, y + 32, 16);
           std::memcpy(o + 32, y + 16, 16);
@@ -139,7 +142,7 @@ Q4P_FN inline float addTailBlocks(const uint8_t* row, const PreparedAct& p, cons
 template <int R>
 Q4P_FN void dotRows(const uint8_t* w, size_t rowBytes, const PreparedAct& p, const Act& a, size_t t, float* out) {
   const int groups = p.groups;
-  const int8_t* y = p.qs.data() + t * groups * 256;
+  const int8_t* y = p.qs.data() + t * p.tokenQs;
   const float* yd = p.d.data() + t * groups * 8;
   const int32_t* off = p.off.data() + t * groups * 8;
   const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -177,12 +180,12 @@ Q4P_FN void dotRows(const uint8_t* w, size_t rowBytes, const PreparedAct& p, con
 // One row times T consecutive tokens from t0, out[t * outStride]: each weight group is loaded, unpacked
 // and its scales converted once and then applied to every token of the tile. Each (row, token) output
 // goes through exactly dotRows' operations (the same exact integer block sums and offsets, scale product,
-// FMA into its own accumulator, reduce4 lane and tail blocks), so it has dotRows' bits. More rows per
-// tile (sharing the activation loads) measured no faster: the integer dot products bound it.
+// FMA into its own accumulator in group order, the same reduce4 lane and tail blocks), so it has dotRows'
+// bits. More rows per tile (sharing the activation loads) measured no faster: the integer dots bound it.
 template <int T>
 Q4P_FN void dotTokens(const uint8_t* w, const PreparedAct& p, const Act& a, size_t t0, float* out, size_t outStride) {
   const int groups = p.groups;
-  const size_t tokenQs = (size_t)groups * 256, tokenScales = (size_t)groups * 8;
+  const size_t tokenQs = p.tokenQs, tokenScales = (size_t)groups * 8;
   const int8_t* y = p.qs.data() + t0 * tokenQs;
   const float* yd = p.d.data() + t0 * tokenScales;
   const int32_t* off = p.off.data() + t0 * tokenScales;
@@ -224,12 +227,34 @@ Q4P_FN void dotTokens(const uint8_t* w, const PreparedAct& p, const Act& a, size
 // Tokens per tile of the several-token path (measured on Zen 4 with 2048 x 1024 and 1024 x 2048 matrices,
 // 4-64 tokens: 8 at least as fast as 4, on both the AVX2 and the VNNI path; 2 clearly slower).
 constexpr int TILE_TOKENS = 8;
-
-// Rows [r, re) times T tokens from t0.
+#ifndef Q4P_LONG_TILE_TOKENS
+#define Q4P_LONG_TILE_TOKENS 4
+#endif
+constexpr int LONG_TILE_TOKENS = Q4P_LONG_TILE_TOKENS;
+// Rows [rt, re) times T tokens from t0.
 template <int T>
-Q4P_FN void tileRows(const Job& job, const PreparedAct& p, int r, int re, int t0) {
-  for (; r < re; r++) {
+Q4P_FN void tileRows(const Job& job, const PreparedAct& p, int rt, int re, int t0) {
+  for (int r = rt; r < re; r++) {
     dotTokens<T>(job.w + (size_t)r * job.rowBytes, p, *job.act, (size_t)t0, job.out + (size_t)t0 * job.rows + r, (size_t)job.rows);
+  }
+}
+
+// Rows [rt, re) times every token, TT tokens at a time and the rest in one smaller tile.
+template <int TT>
+Q4P_FN void tokenTiles(const Job& job, const PreparedAct& p, int rt, int re) {
+  static_assert(TT >= 1 && TT <= 8, "the rest below goes up to 7 tokens");
+  const int n = job.act->nTokens;
+  int t = 0;
+  for (; t + TT <= n; t += TT) tileRows<TT>(job, p, rt, re, t);
+  switch (n - t) {
+    case 1: tileRows<1>(job, p, rt, re, t); break;
+    case 2: tileRows<2>(job, p, rt, re, t); break;
+    case 3: tileRows<3>(job, p, rt, re, t); break;
+    case 4: tileRows<4>(job, p, rt, re, t); break;
+    case 5: tileRows<5>(job, p, rt, re, t); break;
+    case 6: tileRows<6>(job, p, rt, re, t); break;
+    case 7: tileRows<7>(job, p, rt, re, t); break;
+    default: break;
   }
 }
 
@@ -251,18 +276,10 @@ Q4P_FN void rows(const Job& job, int r0, int r1) {
       for (; r < re; r++) dotRows<1>(job.w + (size_t)r * job.rowBytes, job.rowBytes, p, a, 0, job.out + r);
       continue;
     }
-    int t = 0;
-    for (; t + TILE_TOKENS <= a.nTokens; t += TILE_TOKENS) tileRows<TILE_TOKENS>(job, p, rt, re, t);
-    static_assert(TILE_TOKENS == 8, "the rest below goes up to 7 tokens");
-    switch (a.nTokens - t) {
-      case 1: tileRows<1>(job, p, rt, re, t); break;
-      case 2: tileRows<2>(job, p, rt, re, t); break;
-      case 3: tileRows<3>(job, p, rt, re, t); break;
-      case 4: tileRows<4>(job, p, rt, re, t); break;
-      case 5: tileRows<5>(job, p, rt, re, t); break;
-      case 6: tileRows<6>(job, p, rt, re, t); break;
-      case 7: tileRows<7>(job, p, rt, re, t); break;
-      default: break;
+    if (longRows) {
+      tokenTiles<LONG_TILE_TOKENS>(job, p, rt, re);
+    } else {
+      tokenTiles<TILE_TOKENS>(job, p, rt, re);
     }
   }
 }
