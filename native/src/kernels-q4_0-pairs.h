@@ -31,28 +31,44 @@ constexpr int PREFETCH_AHEAD = 8192;
 constexpr int LONG_ROW = 4096;  // values
 
 struct PreparedAct {
-  std::vector<int8_t> qs;    // per token (tokenQs apart) and group: 4 pairs x [b 0-15, b+1 0-15, b 16-31, b+1 16-31]
+  // Per token (tokenQs apart) and group, one token: 4 pairs x [b 0-15, b+1 0-15, b 16-31, b+1 16-31];
+  // several tokens: blocks in lanes (see dotTokens), 8 vectors whose lane k holds 4 values of block
+  // GROUP_ORDER[k].
+  std::vector<int8_t> qs;
   std::vector<float> d;      // per token and group: activation scales in GROUP_ORDER
   std::vector<int32_t> off;  // likewise the -8 * sum(quants) offsets
   int groups;
   // Bytes from one token's quants to the next: one cache line more than they take, so that the tokens of
   // a tile do not all fall into the same L1 sets when a row is a multiple of 4 KiB (long rows).
   size_t tokenQs;
+  bool blocksInLanes;
 
-  explicit PreparedAct(const Act& a) : groups(a.blocks / 8), tokenQs((size_t)groups * 256 + 64) {
+  explicit PreparedAct(const Act& a)
+      : groups(a.blocks / 8), tokenQs((size_t)groups * 256 + 64), blocksInLanes(a.nTokens > 1) {
     qs.resize((size_t)a.nTokens * tokenQs);
     d.resize((size_t)a.nTokens * groups * 8);
     off.resize(d.size());
     for (int t = 0; t < a.nTokens; t++) {
       for (int g = 0; g < groups; g++) {
         const size_t src = (size_t)t * a.blocks + 8 * g, dst = ((size_t)t * groups + g) * 8;
-        for (int i = 0; i < 4; i++) {
-          const int8_t* y = a.qs + (src + 2 * i) * 32;
-          int8_t* o = qs.data() + t * tokenQs + (size_t)g * 256 + 64 * i;
-          std::memcpy(o, y, 16);
-          std::memcpy(o + 16, y + 32, 16);
-          std::memcpy(o + 32, y + 16, 16);
-          std::memcpy(o + 48, y + 48, 16);
+        int8_t* o = qs.data() + t * tokenQs + (size_t)g * 256;
+        if (blocksInLanes) {
+          // Vector j, lane 4h + k: values 4j..4j+3 (j < 4) or 16 + 4(j-4).. (j >= 4) of block 2k + h.
+          for (int j = 0; j < 8; j++) {
+            for (int h = 0; h < 2; h++) {
+              for (int k = 0; k < 4; k++) {
+                std::memcpy(o + 32 * j + 16 * h + 4 * k, a.qs + (src + 2 * k + h) * 32 + (j < 4 ? 4 * j : 16 + 4 * (j - 4)), 4);
+              }
+            }
+          }
+        } else {
+          for (int i = 0; i < 4; i++) {
+            const int8_t* y = a.qs + (src + 2 * i) * 32;
+            std::memcpy(o + 64 * i, y, 16);
+            std::memcpy(o + 64 * i + 16, y + 32, 16);
+            std::memcpy(o + 64 * i + 32, y + 16, 16);
+            std::memcpy(o + 64 * i + 48, y + 48, 16);
+          }
         }
         for (int k = 0; k < 8; k++) {
           d[dst + k] = a.d[src + GROUP_ORDER[k]];
@@ -177,6 +193,33 @@ Q4P_FN void dotRows(const uint8_t* w, size_t rowBytes, const PreparedAct& p, con
   for (int r = 0; r < R; r++) out[r] = addTailBlocks(w + r * rowBytes, p, a, t, sums[r]);
 }
 
+// Within each 128-bit half, the 4 x 4 transpose of int32 lanes: out[j] lane k = in[k] lane j. Applied to
+// the unpacked pairs (half h of in[k]: values of block 2k + h) it puts each block in a lane of its own, in
+// GROUP_ORDER: lane 4h + k of every out[j] holds 4 values of block 2k + h.
+Q4P_FN inline void transpose4(const __m256i* in, __m256i* out) {
+  const __m256i t0 = _mm256_unpacklo_epi32(in[0], in[1]), t1 = _mm256_unpacklo_epi32(in[2], in[3]);
+  const __m256i t2 = _mm256_unpackhi_epi32(in[0], in[1]), t3 = _mm256_unpackhi_epi32(in[2], in[3]);
+  out[0] = _mm256_unpacklo_epi64(t0, t1);
+  out[1] = _mm256_unpackhi_epi64(t0, t1);
+  out[2] = _mm256_unpacklo_epi64(t2, t3);
+  out[3] = _mm256_unpackhi_epi64(t2, t3);
+}
+
+// The group's 8 exact integer block sums plus the Q4_0 offsets, in GROUP_ORDER, from the blocks-in-lanes
+// weights and activation: every product lands in its block's lane, so no horizontal adds.
+Q4P_FN inline __m256i blockTotals(const __m256i* wv, const int8_t* y, const int32_t* off) {
+#if Q4P_VNNI
+  __m256i sum = _mm256_loadu_si256((const __m256i*)off);
+  for (int j = 0; j < 8; j++) sum = _mm256_dpbusd_epi32(sum, wv[j], _mm256_loadu_si256((const __m256i*)(y + 32 * j)));
+  return sum;
+#else
+  // Each int16 lane of a maddubs is at most 2 * 15 * 128 in magnitude, so the sum of 8 cannot overflow.
+  __m256i prod = _mm256_maddubs_epi16(wv[0], _mm256_loadu_si256((const __m256i*)y));
+  for (int j = 1; j < 8; j++) prod = _mm256_add_epi16(prod, _mm256_maddubs_epi16(wv[j], _mm256_loadu_si256((const __m256i*)(y + 32 * j))));
+  return _mm256_add_epi32(_mm256_madd_epi16(prod, _mm256_set1_epi16(1)), _mm256_loadu_si256((const __m256i*)off));
+#endif
+}
+
 // One row times T consecutive tokens from t0, out[t * outStride]: each weight group is loaded, unpacked
 // and its scales converted once and then applied to every token of the tile. Each (row, token) output
 // goes through exactly dotRows' operations (the same exact integer block sums and offsets, scale product,
@@ -203,16 +246,12 @@ Q4P_FN void dotTokens(const uint8_t* w, const PreparedAct& p, const Act& a, size
       lo[i] = _mm256_and_si256(v, m4);
       hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
     }
+    __m256i wv[8];
+    transpose4(lo, wv);
+    transpose4(hi, wv + 4);
     const __m256 ws = weightScales(grp);
     for (int t = 0; t < T; t++) {
-      const int8_t* yg = y + t * tokenQs + 256 * g;
-      __m256i s[4];
-      for (int i = 0; i < 4; i++) {
-        s[i] = pairDot(lo[i], hi[i], _mm256_loadu_si256((const __m256i*)(yg + 64 * i)),
-                       _mm256_loadu_si256((const __m256i*)(yg + 64 * i + 32)));
-      }
-      __m256i totals = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-      totals = _mm256_add_epi32(totals, _mm256_loadu_si256((const __m256i*)(off + t * tokenScales + 8 * g)));
+      const __m256i totals = blockTotals(wv, y + t * tokenQs + 256 * g, off + t * tokenScales + 8 * g);
       const __m256 scale = _mm256_mul_ps(ws, _mm256_loadu_ps(yd + t * tokenScales + 8 * g));
       acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(totals), acc[t]);
     }
