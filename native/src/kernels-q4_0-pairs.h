@@ -9,8 +9,10 @@
 // block sums in the order 0,2,4,6,1,3,5,7; the activation scales and Q4_0 offsets are stored in that order,
 // so one FMA scales the group. Short rows go 4 at a time, group by group, sharing the activation loads
 // and one final reduction (cheaper per row, and with the per-row prefetch into L2 about 10% closer to the
-// read bandwidth than one row at a time). The integer sums are exact either way, so all variants give
-// the same bits.
+// read bandwidth than one row at a time). Several tokens (dotTokens): each weight group is unpacked once
+// per row and applied to a tile of tokens, with weights and activations laid out blocks-in-lanes so that
+// no horizontal adds are needed; only the integer work differs from the one-token path, and the integer
+// sums are exact either way, so all variants give the same bits.
 #include <immintrin.h>
 #include <cstdint>
 #include <cstring>
@@ -224,7 +226,8 @@ Q4P_FN inline __m256i blockTotals(const __m256i* wv, const int8_t* y, const int3
 // and its scales converted once and then applied to every token of the tile. Each (row, token) output
 // goes through exactly dotRows' operations (the same exact integer block sums and offsets, scale product,
 // FMA into its own accumulator in group order, the same reduce4 lane and tail blocks), so it has dotRows'
-// bits. More rows per tile (sharing the activation loads) measured no faster: the integer dots bound it.
+// bits. More rows per tile (sharing the activation loads) measured no faster, nor 512-bit vectors holding
+// two rows: the dot product instructions bound it (about 1 per cycle on Zen 4).
 template <int T>
 Q4P_FN void dotTokens(const uint8_t* w, const PreparedAct& p, const Act& a, size_t t0, float* out, size_t outStride) {
   const int groups = p.groups;
@@ -263,13 +266,12 @@ Q4P_FN void dotTokens(const uint8_t* w, const PreparedAct& p, const Act& a, size
   }
 }
 
-// Tokens per tile of the several-token path (measured on Zen 4 with 2048 x 1024 and 1024 x 2048 matrices,
-// 4-64 tokens: 8 at least as fast as 4, on both the AVX2 and the VNNI path; 2 clearly slower).
+// Tokens per tile of the several-token path (measured on Zen 4 with 2048 x 1024 and 1024 x 2048 matrices
+// from RAM, 17-64 tokens: 8 about 12% faster than 4 on both the AVX2 and the VNNI path). Rows of 4096
+// values or more take 4 (8 tokens' activations overflow L1: 512 x 8192 + 256 x 16384, 17 tokens, 10%).
 constexpr int TILE_TOKENS = 8;
-#ifndef Q4P_LONG_TILE_TOKENS
-#define Q4P_LONG_TILE_TOKENS 4
-#endif
-constexpr int LONG_TILE_TOKENS = Q4P_LONG_TILE_TOKENS;
+constexpr int LONG_TILE_TOKENS = 4;
+
 // Rows [rt, re) times T tokens from t0.
 template <int T>
 Q4P_FN void tileRows(const Job& job, const PreparedAct& p, int rt, int re, int t0) {
