@@ -114,6 +114,8 @@ export interface DecodeRow {
    * byte-weighted harmonic mean), which the read bound uses.
    */
   rowReadGbps: { before: number; after: number; slices: number[]; combined: number };
+  /** The expert FFN rate of all threads at once (GB/s), probed right before and right after the row; the compute bound uses combined. */
+  rowFfnGbps: { before: number; after: number; combined: number };
   /** The read bound from the bandwidth measured once before all rows (the old figure), for comparison. */
   readBoundMsGlobalBandwidth: number;
   /** Direct reads of this row that landed in the slot without a copy, and those that went through a scratch buffer. */
@@ -502,7 +504,7 @@ interface DecodeHooks {
 }
 
 async function decodeRun(path: string, percent: number, io: DecodeRow['io'], prefetch: boolean, s: OffloadSettings, hooks: DecodeHooks = {}):
-  Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio' | 'rowReadGbps' | 'readBoundMsGlobalBandwidth' | 'pageCache'>> {
+  Promise<Omit<DecodeRow, 'readBoundMs' | 'computeBoundMs' | 'boundMs' | 'ratio' | 'rowReadGbps' | 'rowFfnGbps' | 'readBoundMsGlobalBandwidth' | 'pageCache'>> {
   const model = await loadModel(path, { threads: s.threads, offload: { ramCache: `${percent}%`, threads: s.threads, directIo: io === 'direct', prefetch } });
   try {
     const prompt = model.tokenizer.encode(PROMPT, { addSpecial: true });
@@ -625,14 +627,9 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     ...s.pageCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'page cache', p < 100]),
   ];
   const runsOf: DecodeRow[][] = runs.map(() => []);
-  let ffnAllThreads = expertFfnAllThreadsGbps;
   for (let rep = 0; rep < s.repeats; rep++) {
-    if (rep > 0) {
-      progress(`repeat ${rep + 1} of ${s.repeats}: expert FFN throughput, ${s.threads} threads at once, measured again`);
-      ffnAllThreads = await expertFfnThroughput(ffnExperts, s.threads, s.quick);
-    }
     const order = rep % 2 === 0 ? [...runs.keys()] : [...runs.keys()].reverse();
-    for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, rep, ffnAllThreads));
+    for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, rep));
   }
   // Each row: its run with the median ratio (for an even count the higher middle one: no flattering), and every ratio.
   const rows = runsOf.map((runsOfRow) => {
@@ -641,7 +638,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     return s.repeats > 1 ? { ...median, ratioRuns: runsOfRow.map((r) => r.ratio) } : median;
   });
 
-  async function decodeRow(ri: number, rep: number, ffn: Summary): Promise<DecodeRow> {
+  async function decodeRow(ri: number, rep: number): Promise<DecodeRow> {
     const [percent, io, prefetch] = runs[ri]!;
     const direct = io === 'direct';
     // Page-cache rows are the cold case the read bound assumes: the page cache is dropped right before
@@ -658,10 +655,14 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     const probe = await RowReadProbe.open(model.path, locator, direct, 300 + ri + 1000 * rep, s.rowProbeExperts).catch(() => null);
     const sample = async (count: number): Promise<ProbeSample | null> => (probe ? probe.read(count).catch(() => null) : null);
     let r: Awaited<ReturnType<typeof decodeRun>>, before: ProbeSample | null, after: ProbeSample | null;
+    let ffnBefore: Summary, ffnAfter: Summary;
     const slices: (ProbeSample | null)[] = [];
     try {
       drop();
       before = await sample(s.rowProbeExperts);
+      // The compute rate too is probed right before and right after the row: the machine's speed drifts
+      // within a run (a shared VM), and the bound should be what the machine gave while the row ran.
+      ffnBefore = await expertFfnThroughput(ffnExperts, s.threads, true);
       r = await decodeRun(model.path, percent, io, prefetch, s, {
         beforeTimed: drop,
         betweenTimed: async (timed) => {
@@ -672,6 +673,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
           drop();
         },
       });
+      ffnAfter = await expertFfnThroughput(ffnExperts, s.threads, true);
       drop();
       after = await sample(s.rowProbeExperts);
     } finally {
@@ -685,10 +687,13 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     const bw = Number.isFinite(combined) ? combined : globalBw;
     const readBoundMs = r.bytesReadPerToken / (bw * 1e9) * 1000;
     kvCache = kvBytesPerToken(r.promptTokens);
-    const computeBoundMs = (computedExperts + resident + kvCache) / (ffn.median * 1e9) * 1000;
+    // Equal work before and after: the combined rate is their harmonic mean.
+    const ffnCombined = 2 / (1 / ffnBefore.median + 1 / ffnAfter.median);
+    const computeBoundMs = (computedExperts + resident + kvCache) / (ffnCombined * 1e9) * 1000;
     const boundMs = Math.max(readBoundMs, computeBoundMs);
     return { ...r, ...(pageCache ? { pageCache } : {}), readBoundMs, computeBoundMs, boundMs, ratio: r.msPerToken.median / boundMs,
       rowReadGbps: { before: gbpsOf(before), after: gbpsOf(after), slices: slices.map(gbpsOf), combined },
+      rowFfnGbps: { before: ffnBefore.median, after: ffnAfter.median, combined: ffnCombined },
       readBoundMsGlobalBandwidth: r.bytesReadPerToken / (globalBw * 1e9) * 1000 };
   }
   return {
@@ -718,7 +723,8 @@ export function offloadTable(r: OffloadBenchResult): string {
     `expert FFN:       ${f(r.expertFfnGbps.median)} GB/s [${f(r.expertFfnGbps.min)}..${f(r.expertFfnGbps.max)}] one thread alone (gate+up+down matmuls, 1 token, experts from RAM)`,
     `                  ${f(r.expertFfnAllThreadsGbps.median)} GB/s [${f(r.expertFfnAllThreadsGbps.min)}..${f(r.expertFfnAllThreadsGbps.max)}] ${r.threads} threads at once, together (${f(r.expertFfnAllThreadsGbps.median / r.expertFfnGbps.median)}x one thread: they share the memory bus)`,
     `computed per token: ${mb(r.computedBytesPerToken.total)} MB = experts ${mb(r.computedBytesPerToken.experts)} (k x layers x expert) + resident ${mb(r.computedBytesPerToken.resident)} (attention, routers, output) + KV cache ${mb(r.computedBytesPerToken.kvCache)} (f16 K and V the attention reads, mean over the timed tokens)`,
-    'bound = max(read MB/token / the row\'s bound GB/s, computed MB/token / expert FFN GB/s of all threads at once); ratio = median ms/token / bound',
+    'bound = max(read MB/token / the row\'s bound GB/s, computed MB/token / the row\'s FFN GB/s); ratio = median ms/token / bound',
+    'FFN GB/s = expert FFN of all threads at once, probed right before and right after the row (harmonic mean)',
     'row GB/s = the decode\'s read path (O_DIRECT or buffered, as the row) probed right before / during / right after that row: during = slices of',
     `k experts read after every ${r.probeSliceEveryTokens} timed tokens, outside the token timing (harmonic mean); bound GB/s = all their bytes / all their time, the read bound's rate`,
     r.pageCacheDrop.startsWith('dropped')
@@ -726,9 +732,9 @@ export function offloadTable(r: OffloadBenchResult): string {
       : 'page cache, state unknown: dropping the page cache is not permitted here, so probes and misses may find pages cached (the bound assumes disk reads)',
     '',
   ];
-  const header = ['RAM cache', 'misses via', 'row GB/s', 'bound GB/s', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
+  const header = ['RAM cache', 'misses via', 'row GB/s', 'bound GB/s', 'FFN GB/s', 'tok/s', 'ms/tok', 'min', 'max', 'hit %', 'read MB/tok', 'stall ms', 'experts ms', 'worker ms', 'other ms', 'read bnd', 'comp bnd', 'ratio', ''];
   const rows = [header, ...r.rows.map((x) => [
-    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, viaOf(x), `${f(x.rowReadGbps.before)}/${f(harmonic(x.rowReadGbps.slices))}/${f(x.rowReadGbps.after)}`, f(x.rowReadGbps.combined), f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
+    `${x.ramCachePercent}% ${f(x.ramCacheBytes / 1e9)} GB`, viaOf(x), `${f(x.rowReadGbps.before)}/${f(harmonic(x.rowReadGbps.slices))}/${f(x.rowReadGbps.after)}`, f(x.rowReadGbps.combined), f(x.rowFfnGbps.combined), f(x.tokensPerS), f(x.msPerToken.median, 1), f(x.msPerToken.min, 1), f(x.msPerToken.max, 1),
     f(100 * x.hitRate, 1), mb(x.bytesReadPerToken), f(x.stallMsPerToken, 1), f(x.expertWallMsPerToken, 1), f(x.computeMsPerToken, 1),
     f(x.msPerToken.median - x.expertWallMsPerToken, 1), f(x.readBoundMs, 1), f(x.computeBoundMs, 1),
     x.ratioRuns ? `${f(x.ratio)} [${x.ratioRuns.map((v) => f(v)).join(' ')}]` : f(x.ratio),
