@@ -13,6 +13,8 @@ import { loadModel, type ExpertStatsSnapshot } from '../src/engine/model.js';
 import { Sampler } from '../src/engine/sampler.js';
 import { EXPERT_MATRICES, ExpertLocator, type ExpertRange } from '../src/experts/locator.js';
 import { ExpertPool, type BatchExpert, type MatrixInSlab } from '../src/experts/pool.js';
+import { computeBatch } from '../src/experts/worker.js';
+import { threadLending } from '../src/native/index.js';
 import { HostCache, minimumBudget, slotBytesOf, type HostEntry } from '../src/experts/host-cache.js';
 import { ExpertReader } from '../src/experts/reader.js';
 import { GGUFFile } from '../src/model/gguf.js';
@@ -454,28 +456,31 @@ async function loadFfnExperts(path: string, locator: ExpertLocator, count: numbe
 }
 
 /**
- * `threads` threads at once, one token: the expert FFN (gate, up, down matmuls) computed by the pool's
- * workers, each over its own share of the experts, GB/s of expert bytes for all threads together. With
- * more than one thread this is what the machine gives when every thread computes: they share one memory
- * bus, so it is less than `threads` x the one-thread figure, and it is the honest compute bound for a
- * decode on `threads`.
+ * `threads` threads at once, one token: the expert FFN (gate, up, down matmuls) of all the experts as one
+ * batch on this thread and the pool's workers lent to the native thread pool (the way a decode computes
+ * a layer's experts, without the decode's lookups, routing and attention in between), GB/s of expert
+ * bytes for all threads together. With more than one thread this is what the machine gives when every
+ * thread computes: they share one memory bus, so it is less than `threads` x the one-thread figure, and
+ * it is the honest compute bound for a decode on `threads`.
  */
-async function expertFfnThroughput({ slabs, experts, bytes }: FfnExperts, threads: number, quick: boolean): Promise<Summary> {
+async function expertFfnThroughput({ slabs, experts, bytes }: FfnExperts, pool: ExpertPool, quick: boolean): Promise<Summary> {
   const nEmbd = experts[0]!.gate.cols;
   const x = new Float32Array(new SharedArrayBuffer(nEmbd * 4));
   x.set(randomFloats(nEmbd, 3));
   const rows = new Int32Array(new SharedArrayBuffer(experts.length * 4)); // every expert reads token row 0
   const out = new Float32Array(new SharedArrayBuffer(experts.length * experts[0]!.down.rows * 4));
-  // Thread i takes every threads-th expert: equal shares, and each thread streams its own weights.
-  const shares = Array.from({ length: threads }, (_, i) => experts.filter((_, j) => j % threads === i));
-  const pool = new ExpertPool({ threads });
+  let failure: unknown;
+  pool.lendWorkers((err) => { failure = err; });
   try {
-    const seconds = await timePasses(async () => {
-      await Promise.all(shares.map((share) => pool.runBatch({ slabs, experts: share, x, rows, out })));
-    }, quick ? { warmup: 1, reps: 3, minSeconds: 0 } : { warmup: 2, reps: 8, minSeconds: 1 });
+    // Timed once the workers are lent (a worker starting up would take a core from the passes).
+    for (let i = 0; i < 400 && threadLending.lentNow() < pool.servingWorkers; i++) await new Promise((r) => setTimeout(r, 5));
+    const seconds = await timePasses(() => {
+      computeBatch({ slabs, experts, x, rows, out }, pool.threads);
+      if (failure !== undefined) throw failure;
+    }, quick ? { warmup: 1, reps: 4, minSeconds: 0 } : { warmup: 2, reps: 8, minSeconds: 1 });
     return summarize(seconds.map((s) => bytes / s / 1e9));
   } finally {
-    await pool.close();
+    pool.parkServingWhenIdle(0); // no lent thread may spin while a decode row runs
   }
 }
 
@@ -609,9 +614,13 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
   };
   progress(`expert FFN throughput: 1 thread, 1 token, ${s.kernelExperts} experts in rotation`);
   const ffnExperts = await loadFfnExperts(model.path, locator, s.kernelExperts);
-  const expertFfnGbps = await expertFfnThroughput(ffnExperts, 1, s.quick);
+  // One pool per thread count for every FFN measurement of the run (its workers stay up between them).
+  const ffnPoolOne = new ExpertPool({ threads: 1 });
+  const ffnPool = new ExpertPool({ threads: s.threads });
+  const expertFfnGbps = await expertFfnThroughput(ffnExperts, ffnPoolOne, s.quick);
+  await ffnPoolOne.close();
   progress(`expert FFN throughput: ${s.threads} threads at once, 1 token, ${s.kernelExperts} experts in rotation`);
-  const expertFfnAllThreadsGbps = await expertFfnThroughput(ffnExperts, s.threads, s.quick);
+  const expertFfnAllThreadsGbps = await expertFfnThroughput(ffnExperts, ffnPool, s.quick);
 
   // The attention streams the K/V cache too (f16, generate's default): every layer's K and V rows of every
   // position up to the token's own. Known once a row has encoded the prompt; the same for every row.
@@ -627,9 +636,13 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
     ...s.pageCachePercents.map((p): [number, DecodeRow['io'], boolean] => [p, 'page cache', p < 100]),
   ];
   const runsOf: DecodeRow[][] = runs.map(() => []);
-  for (let rep = 0; rep < s.repeats; rep++) {
-    const order = rep % 2 === 0 ? [...runs.keys()] : [...runs.keys()].reverse();
-    for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, rep));
+  try {
+    for (let rep = 0; rep < s.repeats; rep++) {
+      const order = rep % 2 === 0 ? [...runs.keys()] : [...runs.keys()].reverse();
+      for (const ri of order) runsOf[ri]!.push(await decodeRow(ri, rep));
+    }
+  } finally {
+    await ffnPool.close();
   }
   // Each row: its run with the median ratio (for an even count the higher middle one: no flattering), and every ratio.
   const rows = runsOf.map((runsOfRow) => {
@@ -662,7 +675,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
       before = await sample(s.rowProbeExperts);
       // The compute rate too is probed right before and right after the row: the machine's speed drifts
       // within a run (a shared VM), and the bound should be what the machine gave while the row ran.
-      ffnBefore = await expertFfnThroughput(ffnExperts, s.threads, true);
+      ffnBefore = await expertFfnThroughput(ffnExperts, ffnPool, true);
       r = await decodeRun(model.path, percent, io, prefetch, s, {
         beforeTimed: drop,
         betweenTimed: async (timed) => {
@@ -673,7 +686,7 @@ export async function benchOffload(s: OffloadSettings, progress: (msg: string) =
           drop();
         },
       });
-      ffnAfter = await expertFfnThroughput(ffnExperts, s.threads, true);
+      ffnAfter = await expertFfnThroughput(ffnExperts, ffnPool, true);
       drop();
       after = await sample(s.rowProbeExperts);
     } finally {
