@@ -1,6 +1,7 @@
-// One expert's feed-forward block on raw weight bytes: down · (silu(gate · x) * (up · x)). The single
-// definition of that arithmetic, used by the engine's resident path and by the pool's workers, so an
-// expert computed in a worker gives bit-identical results to one computed on the main thread.
+// One expert's feed-forward block on raw weight bytes: down · (silu(gate · x) * (up · x)), as the
+// engine's resident path computes it (each product split over threads). The offload path's batches run
+// in native code (expertBatch, native/src/expert-batch.cc) with the same kernels in the same order, so an
+// expert gives the same bits either way (test/experts-pool.test.ts, test/offload.test.ts check it).
 import { matmul, swiglu } from '../native/index.js';
 import type { GGMLType } from '../model/ggml-types.js';
 
